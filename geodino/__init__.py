@@ -1,0 +1,31 @@
+"""geodino: DINOv3 vision transformers for satellite and aerial imagery.
+
+Importing the package is cheap: torch and the geospatial stack load only when a function that needs them runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geodino.models.checkpoint import load_backbone
+    from geodino.models.vit import DinoVisionTransformer
+
+__all__ = ["DinoVisionTransformer", "__version__", "load_backbone"]
+
+_LAZY = {
+    "load_backbone": ("geodino.models.checkpoint", "load_backbone"),
+    "DinoVisionTransformer": ("geodino.models.vit", "DinoVisionTransformer"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve heavy public names on first use (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'geodino' has no attribute {name!r}")

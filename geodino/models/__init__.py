@@ -1,0 +1,1 @@
+"""DINOv3 vision transformers, checkpoint formats and pretrained-weights metadata."""

@@ -1,0 +1,1 @@
+"""Raster reading, pure window planning and blending."""

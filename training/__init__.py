@@ -1,0 +1,1 @@
+"""geodino.training: the DINOv3 self-supervised training recipe (Gram anchoring)."""
