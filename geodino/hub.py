@@ -1,0 +1,94 @@
+"""Official-named constructors: ``geodino.hub.dinov3_vitl16(weights="/path/to/file.pth")``.
+
+Each takes ``weights``: a local checkpoint in any supported format (Meta ``.pth``, timm, Hugging Face folder or
+``model.safetensors``, geodino), or None for random initialisation. Nothing is ever downloaded. The architecture of
+a checkpoint is read from its keys and shapes and must match the constructor's; any other keyword argument goes to
+`DinoVisionTransformer` (e.g. ``drop_path_rate``, ``input_padding``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geodino.models.vit import DinoVisionTransformer
+
+__all__ = [
+    "dinov3_vit7b16",
+    "dinov3_vit_test",
+    "dinov3_vitb16",
+    "dinov3_vith16plus",
+    "dinov3_vitl16",
+    "dinov3_vits16",
+    "dinov3_vits16plus",
+]
+
+
+def build(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    pretraining: str | None = None,
+    **kwargs: Any,
+) -> DinoVisionTransformer:
+    """Build the architecture `name` (a key of `geodino.models.config.ARCHS`), optionally loading `weights`.
+
+    Args:
+        name: official constructor name, e.g. "dinov3_vitl16".
+        weights: local checkpoint path, or None for random weights.
+        pretraining: "sat493m" or "lvd1689m" when the file itself cannot tell (sets normalisation and GSD).
+        **kwargs: `DinoVisionTransformer` options; ``in_chans`` builds an N-band model (random weights only).
+    """
+    from geodino.models.checkpoint import load_backbone
+    from geodino.models.config import ARCHS
+    from geodino.models.meta import BackboneMeta
+    from geodino.models.vit import DinoVisionTransformer
+
+    if name not in ARCHS:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHS)}")
+    arch = ARCHS[name]
+    if weights is not None:
+        return load_backbone(weights, expect=name, pretraining=pretraining, **kwargs)
+    in_chans = kwargs.pop("in_chans", arch.in_chans)
+    arch = arch.replace(in_chans=in_chans)
+    bands = BackboneMeta.bands if in_chans == 3 else tuple(f"band{i + 1}" for i in range(in_chans))
+    meta = BackboneMeta(name=name, embed_dim=arch.embed_dim, depth=arch.depth, bands=bands)
+    if in_chans != 3:
+        meta = meta.replace(mean=(0.0,) * in_chans, std=(1.0,) * in_chans)
+    return DinoVisionTransformer(arch, meta=meta, **kwargs)
+
+
+def dinov3_vits16(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
+    """ViT-S/16 (384 wide, 12 blocks, 6 heads, MLP; 21.6M parameters)."""
+    return build("dinov3_vits16", weights, **kwargs)
+
+
+def dinov3_vits16plus(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
+    """ViT-S+/16 (384 wide, 12 blocks, 6 heads, SwiGLU x6; 28.7M parameters)."""
+    return build("dinov3_vits16plus", weights, **kwargs)
+
+
+def dinov3_vitb16(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
+    """ViT-B/16 (768 wide, 12 blocks, 12 heads, MLP; 85.7M parameters)."""
+    return build("dinov3_vitb16", weights, **kwargs)
+
+
+def dinov3_vitl16(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
+    """ViT-L/16 (1024 wide, 24 blocks, 16 heads, MLP; 303.2M parameters). The SAT-493M file adds local_cls_norm."""
+    return build("dinov3_vitl16", weights, **kwargs)
+
+
+def dinov3_vith16plus(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
+    """ViT-H+/16 (1280 wide, 32 blocks, 20 heads, SwiGLU x6; 840.6M parameters)."""
+    return build("dinov3_vith16plus", weights, **kwargs)
+
+
+def dinov3_vit7b16(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
+    """ViT-7B/16 (4096 wide, 40 blocks, 32 heads of 128, SwiGLU-64, no qkv bias; 6.7B parameters)."""
+    return build("dinov3_vit7b16", weights, **kwargs)
+
+
+def dinov3_vit_test(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
+    """Test-only ViT (64 wide, 2 blocks, 4 heads): runs every code path on a CPU in milliseconds."""
+    return build("dinov3_vit_test", weights, **kwargs)
