@@ -232,9 +232,7 @@ def to_geodino_keys(sd: Mapping[str, Tensor], fmt: str) -> dict[str, Tensor]:
         return _from_timm(sd)
     if fmt == "hf":
         return _from_hf(sd)
-    raise CheckpointError(
-        "not a DINOv3 backbone: found none of storage_tokens / reg_token / embeddings.cls_token"
-    )
+    raise CheckpointError("not a DINOv3 backbone: found none of storage_tokens / reg_token / embeddings.cls_token")
 
 
 # -------------------------------------------------------------------------------------- architecture inference

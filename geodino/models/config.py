@@ -72,9 +72,7 @@ ARCHS: dict[str, VitConfig] = {
     "dinov3_vitb16": VitConfig(768, 12, 12),
     "dinov3_vitl16": VitConfig(1024, 24, 16),
     "dinov3_vith16plus": VitConfig(1280, 32, 20, ffn_layer="swiglu", ffn_ratio=6.0),
-    "dinov3_vit7b16": VitConfig(
-        4096, 40, 32, ffn_layer="swiglu64", ffn_ratio=3.0, qkv_bias=False, local_cls_norm=True
-    ),
+    "dinov3_vit7b16": VitConfig(4096, 40, 32, ffn_layer="swiglu64", ffn_ratio=3.0, qkv_bias=False, local_cls_norm=True),
     # Test-only size: every code path, on a CPU, in milliseconds.
     "dinov3_vit_test": VitConfig(64, 2, 4),
 }

@@ -63,9 +63,7 @@ class BackboneMeta:
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
 
 
-def normalisation_for(
-    weights: str, n_bands: int = 3
-) -> tuple[tuple[float, ...], tuple[float, ...], float | None]:
+def normalisation_for(weights: str, n_bands: int = 3) -> tuple[tuple[float, ...], tuple[float, ...], float | None]:
     """Mean, std and GSD (m) of a pretraining-data tag; "sat493m" is satellite, anything else uses the web values."""
     if n_bands != 3:
         raise ValueError(f"published DINOv3 statistics are for 3 RGB bands, not {n_bands}")

@@ -76,9 +76,7 @@ class DinoVisionTransformer(nn.Module):
             patch_size=cfg.patch_size,
             embed_dim=cfg.embed_dim,
             depth=cfg.depth,
-            bands=tuple(f"band{i + 1}" for i in range(cfg.in_chans))
-            if cfg.in_chans != 3
-            else BackboneMeta.bands,
+            bands=tuple(f"band{i + 1}" for i in range(cfg.in_chans)) if cfg.in_chans != 3 else BackboneMeta.bands,
         )
         self.init_weights()
 
@@ -103,7 +101,7 @@ class DinoVisionTransformer(nn.Module):
                     nn.init.zeros_(module.bias)
                 if isinstance(module, MaskedBiasLinear):
                     module.reset_bias_mask()
-            elif isinstance(module, nn.LayerNorm) or isinstance(module, LayerScale):
+            elif isinstance(module, (nn.LayerNorm, LayerScale)):
                 module.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------- tokens
