@@ -1,0 +1,162 @@
+"""Blending overlapping patch predictions into a chunk (pure numpy, float32).
+
+Each patch prediction is multiplied by a separable window ``w`` and accumulated with ``w`` into two float32
+canvases; the chunk's result is ``sum(w * pred) / sum(w)``. Patches are added one at a time in the order given
+(the global row-major patch order of :func:`geodino.raster.plan.plan_chunks`), with elementwise float32
+operations only, so a pixel's value depends only on the patches covering it — not on how the raster was chunked.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from geodino.raster.windows import Window
+
+__all__ = ["blend_patches", "finalize", "valid_to_output", "window_weights"]
+
+WindowKind = Literal["hann", "center", "uniform"]
+
+#: Smallest weight of the "hann" window, relative to its peak of 1.
+HANN_FLOOR = 1e-3
+#: Weight of the "center" window outside its central stride x stride square.
+CENTER_EPSILON = 1e-6
+
+
+def _hann_1d(patch: int) -> np.ndarray:
+    # Raised cosine sampled at pixel centres, sin^2(pi (i + 1/2) / P), lifted so it is >= HANN_FLOOR everywhere.
+    t = (np.arange(patch, dtype=np.float64) + 0.5) / patch
+    return HANN_FLOOR + (1.0 - HANN_FLOOR) * np.sin(np.pi * t) ** 2
+
+
+def _center_1d(patch: int, stride: int) -> np.ndarray:
+    # 1 on [(P - S) // 2, (P - S) // 2 + S): with origins every S these squares tile the plane exactly once.
+    w = np.full(patch, CENTER_EPSILON, dtype=np.float64)
+    start = (patch - stride) // 2
+    w[start : start + stride] = 1.0
+    return w
+
+
+def window_weights(patch: int, kind: WindowKind = "hann", stride: int | None = None) -> np.ndarray:
+    """A separable blending window, strictly positive everywhere.
+
+    Args:
+        patch: Patch size p (in the pixels of the predictions it weights, i.e. OUTPUT pixels).
+        kind: "hann": raised cosine with a floor of ``HANN_FLOOR``; "center": 1 in the central
+            ``stride x stride`` square and ``CENTER_EPSILON`` elsewhere (centre-crop stitching);
+            "uniform": all ones.
+        stride: Patch step in the same pixels; required for "center".
+
+    Returns:
+        (patch, patch) float32 weights.
+    """
+    if patch < 1:
+        raise ValueError(f"patch must be >= 1, got {patch}")
+    if kind == "hann":
+        w1 = _hann_1d(patch)
+    elif kind == "center":
+        if stride is None or not 1 <= stride <= patch:
+            raise ValueError(f"the 'center' window needs 1 <= stride <= patch ({patch}), got stride={stride}")
+        w1 = _center_1d(patch, stride)
+    elif kind == "uniform":
+        w1 = np.ones(patch, dtype=np.float64)
+    else:
+        raise ValueError(f"unknown window kind {kind!r}; expected 'hann', 'center' or 'uniform'")
+    return np.outer(w1, w1).astype(np.float32)
+
+
+def blend_patches(
+    preds: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    canvas: Window,
+    weights: np.ndarray,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulate weighted patch predictions into a canvas window.
+
+    Args:
+        preds: (K, C, p, p) predictions in OUTPUT pixels (cast to float32).
+        rows: (K,) global output-pixel row origins of the patches.
+        cols: (K,) global output-pixel column origins.
+        canvas: Output-pixel window to accumulate into (typically ``task.core``); patch parts outside it are
+            dropped.
+        weights: (p, p) window from :func:`window_weights`.
+        valid: (K, p, p) bool, or None for all valid; invalid (nodata) pixels get zero weight, and whatever the
+            prediction holds there (even NaN) is ignored.
+
+    Returns:
+        ``acc`` (C, h, w) float32 = sum(w * pred) and ``wsum`` (h, w) float32 = sum(w), over ``canvas``.
+    """
+    preds = np.asarray(preds)
+    if preds.ndim != 4 or preds.shape[-1] != preds.shape[-2]:
+        raise ValueError(f"preds must be (K, C, p, p), got shape {preds.shape}")
+    k_count, channels, p, _ = preds.shape
+    if len(rows) != k_count or len(cols) != k_count:
+        raise ValueError(f"{k_count} predictions but {len(rows)} row and {len(cols)} column origins")
+    if weights.shape != (p, p):
+        raise ValueError(f"weights of shape {weights.shape} do not match patches of {p}x{p}")
+    if valid is not None and valid.shape != (k_count, p, p):
+        raise ValueError(f"valid must be (K, p, p) = {(k_count, p, p)}, got {valid.shape}")
+    w = weights.astype(np.float32, copy=False)
+    acc = np.zeros((channels, canvas.height, canvas.width), dtype=np.float32)
+    wsum = np.zeros((canvas.height, canvas.width), dtype=np.float32)
+    for k in range(k_count):
+        inter = Window(int(rows[k]), int(cols[k]), p, p).intersection(canvas)
+        if inter is None:
+            continue
+        in_patch = inter.slices_in(Window(int(rows[k]), int(cols[k]), p, p))
+        in_canvas = inter.slices_in(canvas)
+        wk = w[in_patch]
+        contrib = wk * preds[k][(slice(None), *in_patch)].astype(np.float32, copy=False)
+        if valid is not None:
+            vk = valid[k][in_patch]
+            wk = np.where(vk, wk, np.float32(0))
+            contrib = np.where(vk, contrib, np.float32(0))
+        acc[(slice(None), *in_canvas)] += contrib
+        wsum[in_canvas] += wk
+    return acc, wsum
+
+
+def finalize(acc: np.ndarray, wsum: np.ndarray) -> np.ndarray:
+    """Divide accumulated predictions by their weights.
+
+    Args:
+        acc: (C, h, w) float32 weighted sums.
+        wsum: (h, w) float32 weight sums.
+
+    Returns:
+        (C, h, w) float32; NaN where ``wsum == 0`` (no valid input under the pixel).
+    """
+    out = np.full(acc.shape, np.nan, dtype=np.float32)
+    np.divide(acc, wsum, out=out, where=np.broadcast_to(wsum > 0, acc.shape))
+    return out
+
+
+def valid_to_output(valid: np.ndarray, factor: int) -> np.ndarray:
+    """Reduce an input-pixel validity mask to output pixels.
+
+    Rule: an output pixel covers a ``factor x factor`` block of input pixels (blocks anchored at pixel (0, 0); the
+    last block may hang over the raster's edge) and is valid if ANY input pixel of its block is valid. So an
+    embedding cell over a partly covered area still gets a prediction, and only cells with no data at all are
+    NaN.
+
+    Args:
+        valid: (..., H, W) bool mask of input pixels.
+        factor: Input pixels per output pixel.
+
+    Returns:
+        (..., ceil(H / factor), ceil(W / factor)) bool.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    if factor == 1:
+        return valid.copy()
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    *lead, h, w = valid.shape
+    oh, ow = -(-h // factor), -(-w // factor)
+    padded = np.zeros((*lead, oh * factor, ow * factor), dtype=bool)
+    padded[..., :h, :w] = valid
+    blocks = padded.reshape(*lead, oh, factor, ow, factor)
+    return blocks.any(axis=(-3, -1))
