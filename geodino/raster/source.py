@@ -128,12 +128,18 @@ def _same(a: float, b: float) -> bool:
 
 
 def _grid_from_bounds(
-    bounds: list[tuple[float, float, float, float]], res: tuple[float, float]
+    bounds: list[tuple[float, float, float, float]], res: tuple[float, float], anchor: tuple[float, float] = (0.0, 0.0)
 ) -> tuple[Affine, int, int]:
-    """North-up grid of resolution ``res`` covering the union of ``(left, bottom, right, top)`` bounds."""
+    """North-up grid of resolution ``res`` covering the union of ``(left, bottom, right, top)`` bounds.
+
+    Pixel edges fall on ``anchor + k * res`` (k integer), so a member already on that lattice stays pixel-aligned.
+    """
     left, bottom = min(b[0] for b in bounds), min(b[1] for b in bounds)
     right, top = max(b[2] for b in bounds), max(b[3] for b in bounds)
     rx, ry = res
+    ax, ay = anchor
+    left = ax + math.floor((left - ax) / rx + _ALIGN_TOL) * rx
+    top = ay + math.ceil((top - ay) / ry - _ALIGN_TOL) * ry
     width = max(1, math.ceil((right - left) / rx - _ALIGN_TOL))
     height = max(1, math.ceil((top - bottom) / ry - _ALIGN_TOL))
     return Affine(rx, 0.0, left, 0.0, -ry, top), height, width
@@ -274,7 +280,8 @@ class RasterSource:
                     "resolution (pass target_resolution=... to resample)"
                 )
         rx, ry = first.transform.a, -first.transform.e
-        transform, height, width = _grid_from_bounds([tuple(ds.bounds) for ds in datasets], (rx, ry))
+        anchor = (first.transform.c, first.transform.f)
+        transform, height, width = _grid_from_bounds([tuple(ds.bounds) for ds in datasets], (rx, ry), anchor)
         members = []
         for ds, path in zip(datasets, self._paths, strict=True):
             col = (ds.transform.c - transform.c) / rx
@@ -322,7 +329,11 @@ class RasterSource:
             res = (float(target_resolution[0]), float(target_resolution[1]))
         if res[0] <= 0 or res[1] <= 0:
             raise ValueError(f"target_resolution must be positive, got {target_resolution}")
-        transform, height, width = _grid_from_bounds(bounds, res)
+        # Anchor the grid on the first member already in the target CRS (it then needs no shift), else on
+        # multiples of the resolution.
+        native = [ds for ds in datasets if ds.crs == dst_crs and _north_up(ds.transform)]
+        anchor = (native[0].transform.c, native[0].transform.f) if native else (0.0, 0.0)
+        transform, height, width = _grid_from_bounds(bounds, res, anchor)
         members = []
         for ds, path, b in zip(datasets, self._paths, bounds, strict=True):
             src_alpha = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
@@ -436,7 +447,7 @@ class RasterSource:
         ``[0, factor) x [0, factor)`` (same upper-left corner)."""
         if factor < 1:
             raise ValueError(f"factor must be >= 1, got {factor}")
-        return self._transform * Affine.scale(factor)
+        return self._transform @ Affine.scale(factor)
 
     # ------------------------------------------------------------------ reading
     def read(
