@@ -1,0 +1,466 @@
+"""Map rasters of any size: read -> normalise -> batch patches -> model -> blend -> crop -> write -> mark.
+
+:func:`map_raster` plans a global patch grid over the input (:mod:`geodino.raster.plan`), pre-creates a
+georeferenced Zarr store (:mod:`geodino.workflows.sink`) and runs one Dask task per output chunk
+(:mod:`geodino.workflows.execution`). A task holds only its chunk: the input window it reads (core plus margin),
+one batch of predictions at a time, and two float32 accumulators of the chunk's size. Patches are blended one by
+one in the global patch order, so a pixel's value is the same however the raster is chunked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+from geodino.workflows.execution import Scheduler, run_tasks
+from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
+from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
+
+from geodino.raster.blend import blend_patches, finalize, valid_to_output, window_weights
+from geodino.raster.normalize import Normalization
+from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chunks
+from geodino.raster.source import RasterSource
+from geodino.raster.windows import Window
+
+BlendKind = Literal["hann", "center", "uniform"]
+
+#: Default tile for models that do not name one (a ViT/16's 14 x 14 tokens).
+DEFAULT_TILE = 224
+#: Default chunk side, in input pixels, that chunks aim for.
+TARGET_CHUNK_INPUT_PX = 2048
+#: Upper bound on one chunk's float32 accumulators, in bytes.
+MAX_CHUNK_BYTES = 256 * 2**20
+
+_OUTPUTS = {
+    "classification": ("probabilities", "classes"),
+    "regression": ("prediction",),
+    "embedding": ("embedding",),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Defaults derived from the model.
+
+
+def default_tile(predictor: Predictor) -> int:
+    """The model's own tile, else 224 (rounded up to a multiple of the model's input multiple and factor)."""
+    tile = predictor.info.tile or DEFAULT_TILE
+    step = math.lcm(predictor.factor, predictor.info.multiple)
+    return -(-tile // step) * step
+
+
+def default_overlap(tile: int, factor: int) -> int:
+    """A quarter of the tile, rounded to the nearest multiple of ``factor`` (at least ``factor`` when f < tile)."""
+    overlap = round(tile / 4 / factor) * factor
+    return min(max(overlap, factor if factor < tile else 0), tile - factor)
+
+
+def default_chunk(grid: PatchGrid, channels: int) -> tuple[int, int]:
+    """Output chunk (rows, cols): a multiple of the output stride near 2048 input pixels, bounded in memory.
+
+    Each axis is cut into equal parts no larger than the target, so the last chunk is not a sliver.
+
+    Args:
+        grid: The global patch grid.
+        channels: Output channels K (the accumulators hold K + 1 float32 values per output pixel).
+    """
+    step = grid.out_stride
+    target = max(1, TARGET_CHUNK_INPUT_PX // grid.factor)
+    by_memory = int(math.sqrt(MAX_CHUNK_BYTES / (4 * (channels + 1))))
+    limit = max(step, min(target, by_memory) // step * step)
+    sizes = []
+    for extent in (grid.out_height, grid.out_width):
+        parts = -(-extent // limit)
+        per_part = -(-extent // parts)
+        sizes.append(-(-per_part // step) * step)
+    return sizes[0], sizes[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The per-chunk task.
+
+
+@dataclass(frozen=True)
+class ChunkContext:
+    """Everything a chunk task needs; picklable, sent to each worker once.
+
+    Attributes:
+        source: The input raster.
+        predictor: The model and its metadata.
+        normalization: Raw values -> model inputs.
+        grid: The global patch grid.
+        weights: (p, p) float32 blending window in output pixels.
+        sink: The pre-created output store.
+        outputs: Names of the variables to write.
+    """
+
+    source: RasterSource
+    predictor: Predictor
+    normalization: Normalization
+    grid: PatchGrid
+    weights: np.ndarray
+    sink: ZarrSink
+    outputs: tuple[str, ...]
+
+
+def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
+    """Blend the predictions of every patch touching a chunk's core.
+
+    Args:
+        task: The chunk task (core in output pixels, read window and patch origins in input pixels).
+        ctx: Shared context.
+
+    Returns:
+        ``(values, patches)``: (K, h, w) float32 over ``task.core`` (NaN where no valid input), and the number of
+        patches sent to the model (patches without any valid pixel are skipped).
+    """
+    f, p = ctx.grid.factor, ctx.grid.patch
+    raw, valid = ctx.source.read(task.read, fill="reflect")
+    data = ctx.normalization.apply(raw, valid)
+    del raw
+    local_rows, local_cols = task.local_origins()
+    out_rows, out_cols = task.output_origins(f)
+    keep = [
+        k
+        for k in range(task.num_patches)
+        if valid[local_rows[k] : local_rows[k] + p, local_cols[k] : local_cols[k] + p].any()
+    ]
+    acc = np.zeros((ctx.predictor.out_channels, *task.core.shape), dtype=np.float32)
+    wsum = np.zeros(task.core.shape, dtype=np.float32)
+    batch = ctx.predictor.batch_size
+    for start in range(0, len(keep), batch):
+        index = keep[start : start + batch]
+        patches = np.stack(
+            [data[:, local_rows[k] : local_rows[k] + p, local_cols[k] : local_cols[k] + p] for k in index]
+        )
+        masks = np.stack([valid[local_rows[k] : local_rows[k] + p, local_cols[k] : local_cols[k] + p] for k in index])
+        preds = ctx.predictor(patches)
+        masks_out = valid_to_output(masks, f)
+        for j, k in enumerate(index):
+            _accumulate(acc, wsum, preds[j], masks_out[j], int(out_rows[k]), int(out_cols[k]), task.core, ctx)
+    return finalize(acc, wsum), len(keep)
+
+
+def _accumulate(
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    pred: np.ndarray,
+    valid: np.ndarray,
+    row: int,
+    col: int,
+    core: Window,
+    ctx: ChunkContext,
+) -> None:
+    """Add one patch's weighted prediction to the chunk accumulators, in place.
+
+    The patch is blended over its own overlap with the core (``0 + w * pred`` is exact), then added to the running
+    sums: the same float32 sequence as blending every patch of the chunk at once, with memory for one patch only.
+    """
+    po = pred.shape[-1]
+    canvas = Window(row, col, po, po).intersection(core)
+    if canvas is None:
+        return
+    part_acc, part_w = blend_patches(pred[None], np.array([row]), np.array([col]), canvas, ctx.weights, valid[None])
+    rows, cols = canvas.slices_in(core)
+    acc[:, rows, cols] += part_acc
+    wsum[rows, cols] += part_w
+
+
+def chunk_outputs(values: np.ndarray, outputs: Sequence[str], kind: str) -> dict[str, np.ndarray]:
+    """The arrays to store for one chunk.
+
+    Args:
+        values: (K, h, w) float32 blended predictions (NaN = nodata).
+        outputs: Variable names to produce.
+        kind: The model kind.
+
+    Returns:
+        Per variable: (K, h, w) float32 for probabilities / prediction / embedding; (h, w) uint8 class indices
+        for ``classes`` (255 where there is no valid input).
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name in outputs:
+        if name == "classes":
+            nodata = np.isnan(values).any(axis=0)
+            classes = np.argmax(np.where(np.isnan(values), -np.inf, values), axis=0).astype(np.uint8)
+            classes[nodata] = CLASS_NODATA
+            arrays[name] = classes
+        else:
+            arrays[name] = values
+    return arrays
+
+
+def run_chunk(task: ChunkTask, ctx: ChunkContext) -> int:
+    """One Dask task: predict a chunk, write it to the store once, then mark it complete.
+
+    Returns:
+        The number of patches the model ran on.
+    """
+    values, patches = predict_chunk(task, ctx)
+    ctx.sink.write(task.core, chunk_outputs(values, ctx.outputs, ctx.predictor.kind))
+    ctx.sink.mark_done(task.iy, task.ix)
+    return patches
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Planning a run.
+
+
+def _variables(predictor: Predictor, outputs: Sequence[str], storage_dtype: str | None) -> list[OutputVar]:
+    """Output variables for the model kind and the requested outputs."""
+    float_dtype = np.dtype(storage_dtype or "float32").name
+    if float_dtype not in ("float32", "float16"):
+        raise ValueError(f"storage_dtype must be float32 or float16, got {storage_dtype!r}")
+    allowed = _OUTPUTS[predictor.kind]
+    unknown = [o for o in outputs if o not in allowed]
+    if unknown or not outputs:
+        raise ValueError(f"outputs {list(outputs)} not available for a {predictor.kind} model; choose from {allowed}")
+    attrs: dict[str, Any] = {"model": predictor.name}
+    if predictor.class_names:
+        attrs["class_names"] = list(predictor.class_names)
+    if predictor.class_colours:
+        attrs["class_colours"] = [list(c) for c in predictor.class_colours]
+    k = predictor.out_channels
+    variables = []
+    for name in outputs:
+        if name == "classes":
+            if k > CLASS_NODATA:
+                raise ValueError(f"a uint8 class map holds at most {CLASS_NODATA} classes, the model has {k}")
+            variables.append(OutputVar(name, None, dtype="uint8", fill=CLASS_NODATA, attrs=attrs))
+        elif name == "probabilities":
+            variables.append(OutputVar(name, k, "class", float_dtype, attrs=attrs))
+        elif name == "embedding":
+            variables.append(OutputVar(name, k, "feature", float_dtype, attrs=attrs))
+        else:
+            variables.append(OutputVar(name, k, "band", float_dtype, attrs=attrs))
+    return variables
+
+
+def _fingerprint(
+    source: RasterSource,
+    predictor: Predictor,
+    normalization: Normalization,
+    grid: PatchGrid,
+    chunk: tuple[int, int],
+    blend: str,
+    outputs: Sequence[str],
+    storage_dtype: str | None,
+    zarr_format: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Every parameter that changes the bytes written; a resumed run must match it exactly."""
+    return {
+        "inputs": [os.path.abspath(p) if "://" not in p else p for p in source.paths],
+        "bands": list(source.bands),
+        "shape": [source.height, source.width],
+        "transform": list(source.transform)[:6],
+        "crs": source.crs.to_wkt() if source.crs is not None else None,
+        "model": predictor.describe(),
+        "normalization": [normalization.scale, list(normalization.mean), list(normalization.std)],
+        "tile": grid.patch,
+        "stride": grid.stride,
+        "factor": grid.factor,
+        "chunk": list(chunk),
+        "blend": blend,
+        "outputs": list(outputs),
+        "storage_dtype": storage_dtype or "float32",
+        "zarr_format": zarr_format,
+        **extra,
+    }
+
+
+def open_output(out: str | Path, *, zarr_format: int | None = None) -> xr.Dataset:
+    """Open a mapping output lazily with its CRS (``decode_coords="all"``); class maps stay uint8."""
+    path = str(out)
+    consolidated = (zarr_format == 2) if zarr_format is not None else None
+    kwargs: dict[str, Any] = {"decode_coords": "all", "consolidated": consolidated, "drop_variables": [DONE_VAR]}
+    ds = xr.open_zarr(path, mask_and_scale=False, **kwargs)
+    masked = {name: name != "classes" for name in ds.data_vars}
+    ds.close()
+    return xr.open_zarr(path, mask_and_scale=masked, **kwargs)
+
+
+def map_raster(
+    inputs: str | Path | Sequence[str | Path],
+    model: Any,
+    out: str | Path,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    chunk: int | tuple[int, int] | None = None,
+    batch_size: int = 8,
+    outputs: Sequence[str] | None = None,
+    blend: BlendKind = "hann",
+    bands: Sequence[int | str] | None = None,
+    zarr_format: int = 3,
+    scheduler: Scheduler = "threads",
+    workers: int | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    allow_no_crs: bool = False,
+    target_crs: Any = None,
+    target_resolution: float | tuple[float, float] | None = None,
+    storage_dtype: str | None = None,
+    nodata: float | None = None,
+    device: str | None = None,
+) -> xr.Dataset:
+    """Run a model over a raster of any size and write a georeferenced, chunked Zarr store.
+
+    Args:
+        inputs: One raster (GeoTIFF / COG / VRT) or several tiles of one mosaic.
+        model: A Predictor, a ``"package.module:attr"`` spec, a saved geodino model path, a backbone, or an
+            ``nn.Module`` / callable with ``geodino_info``.
+        out: Output store (``.zarr`` directory).
+        tile: Patch side in input pixels (default: the model's, else 224).
+        overlap: Overlap of neighbouring patches in input pixels (default: tile // 4, a multiple of the factor).
+        chunk: Output chunk in OUTPUT pixels, a multiple of the output stride (default: near 2048 input px).
+        batch_size: Patches per forward pass.
+        outputs: Variables to write (classification: "probabilities" and/or "classes"; regression:
+            "prediction"; embedding: "embedding"). Default: all of the kind's.
+        blend: Blending window: "hann", "center" (centre-crop stitching) or "uniform".
+        bands: Input bands (1-based indexes or names).
+        zarr_format: 3 (default) or 2 (GDAL < 3.11).
+        scheduler: "threads", "sync" or "distributed".
+        workers: Threads, or LocalCluster worker processes for "distributed".
+        address: Existing Dask scheduler address (implies "distributed").
+        resume: Continue a store made with the same parameters, skipping completed chunks.
+        overwrite: Replace an existing store.
+        progress: Show a progress bar.
+        allow_no_crs: Accept inputs without a CRS.
+        target_crs: Warp the input onto this CRS first.
+        target_resolution: Warp the input onto this resolution first (target CRS units).
+        storage_dtype: "float32" (default) or "float16" for float variables (accumulation is always float32).
+        nodata: Override the input's nodata value.
+        device: torch device (default: "cuda" if available, else "cpu").
+
+    Returns:
+        The output, opened lazily with ``xr.open_zarr(out, decode_coords="all")`` (class maps kept as uint8).
+
+    Raises:
+        ValueError: On bad inputs, before any task runs (wrong band count, bad tile/overlap/chunk...).
+    """
+    predictor = build_predictor(model, batch_size=batch_size, device=device)
+    source = RasterSource(
+        inputs,
+        bands=bands,
+        nodata=nodata,
+        allow_no_crs=allow_no_crs,
+        target_crs=target_crs,
+        target_resolution=target_resolution,
+    )
+    where = ", ".join(source.paths)
+    check_bands(predictor, source.count, source.band_names, where)
+    grid = _plan_grid(source, predictor, tile, overlap)
+    chunk_hw = default_chunk(grid, predictor.out_channels) if chunk is None else _as_pair(chunk)
+    tasks = plan_chunks(grid, chunk_hw)
+    outputs = tuple(outputs) if outputs else _OUTPUTS[predictor.kind]
+    variables = _variables(predictor, outputs, storage_dtype)
+    normalization = predictor.normalization_for(source.dtype)
+    weights = window_weights(grid.out_patch, blend, grid.out_stride)
+    fingerprint = _fingerprint(
+        source,
+        predictor,
+        normalization,
+        grid,
+        chunk_hw,
+        blend,
+        outputs,
+        storage_dtype,
+        zarr_format,
+        {
+            "nodata": nodata,
+            "target_crs": str(target_crs) if target_crs else None,
+            "target_resolution": target_resolution,
+        },
+    )
+    sink = ZarrSink.create(
+        out,
+        variables=variables,
+        height=grid.out_height,
+        width=grid.out_width,
+        transform=source.output_transform(grid.factor),
+        crs=source.crs,
+        chunk=chunk_hw,
+        fingerprint=fingerprint,
+        zarr_format=zarr_format,
+        attrs=_root_attrs(source, predictor, grid, chunk_hw),
+        resume=resume,
+        overwrite=overwrite,
+    )
+    done = sink.done() if resume else set()
+    pending = [t for t in tasks if (t.iy, t.ix) not in done]
+    ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs)
+    run_tasks(run_chunk, pending, ctx, scheduler=scheduler, workers=workers, address=address, progress=progress)
+    return open_output(out, zarr_format=zarr_format)
+
+
+def embed_raster(
+    inputs: str | Path | Sequence[str | Path],
+    backbone: Any,
+    out: str | Path,
+    **kwargs: Any,
+) -> xr.Dataset:
+    """Backbone patch embeddings of a raster, at patch resolution (a transform ``patch_size`` times coarser).
+
+    Args:
+        inputs: One raster or several tiles of one mosaic.
+        backbone: A backbone module (with ``.meta``), a hub name ("test", "vits16"...) or a checkpoint path.
+        out: Output store.
+        **kwargs: As :func:`map_raster` (tile, overlap, chunk, batch_size, bands, scheduler, resume...).
+
+    Returns:
+        The store opened lazily; variable ``embedding`` (feature, y, x).
+    """
+    predictor = from_backbone(backbone, batch_size=kwargs.pop("batch_size", 8), device=kwargs.pop("device", None))
+    return map_raster(inputs, predictor, out, batch_size=predictor.batch_size, device=predictor.device, **kwargs)
+
+
+def _as_pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int | np.integer):
+        return int(value), int(value)
+    rows, cols = value
+    return int(rows), int(cols)
+
+
+def _plan_grid(source: RasterSource, predictor: Predictor, tile: int | None, overlap: int | None) -> PatchGrid:
+    """The global patch grid, validating tile and overlap against the model."""
+    f = predictor.factor
+    tile = default_tile(predictor) if tile is None else int(tile)
+    step = math.lcm(f, predictor.info.multiple)
+    if tile < step or tile % step:
+        raise ValueError(
+            f"tile {tile} must be a positive multiple of {step} for model {predictor.name!r} "
+            f"(output stride {f}, input multiple {predictor.info.multiple})"
+        )
+    overlap = default_overlap(tile, f) if overlap is None else int(overlap)
+    if not 0 <= overlap < tile or overlap % f:
+        raise ValueError(f"overlap {overlap} must be in [0, tile={tile}) and a multiple of the output stride {f}")
+    return PatchGrid(source.height, source.width, tile, tile - overlap, f)
+
+
+def _root_attrs(source: RasterSource, predictor: Predictor, grid: PatchGrid, chunk: tuple[int, int]) -> dict[str, Any]:
+    """Descriptive root attributes of the store."""
+    attrs: dict[str, Any] = {
+        "title": f"geodino {predictor.kind} map",
+        "model": predictor.name,
+        "kind": predictor.kind,
+        "source": [os.path.basename(p) for p in source.paths],
+        "input_bands": list(source.band_names),
+        "tile": grid.patch,
+        "stride": grid.stride,
+        "factor": grid.factor,
+        "chunk_grid": list(chunk_grid_shape(grid, chunk)),
+    }
+    if predictor.class_names:
+        attrs["class_names"] = list(predictor.class_names)
+    if predictor.class_colours:
+        attrs["class_colours"] = [list(c) for c in predictor.class_colours]
+    return attrs

@@ -1,0 +1,587 @@
+"""The one model interface the mapping workflows use: a batch of patches in, a dense prediction out.
+
+A :class:`Predictor` wraps any model (an ``nn.Module``, a plain callable, a ``"package.module:attr"`` spec, a DINOv3
+backbone) together with the metadata a workflow needs to run it on a raster: how many bands it takes, how to
+normalise them, its output stride, what its output channels mean.
+
+The model itself is built lazily, once per process, from a picklable loader and cached under a stable key, so a
+Predictor pickles cheaply to Dask workers (a spec is sent, not the weights) and every thread of a worker shares
+one model. Forward passes run under ``torch.inference_mode()`` in fixed-size batches; one device is shared by the
+threads of a process behind a semaphore (a GPU runs one batch at a time; on CPU one forward at a time uses all
+intra-op threads while other threads read and blend).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from geodino.raster.normalize import Normalization, default_scale
+
+Kind = Literal["classification", "regression", "embedding"]
+Activation = Literal["softmax", "sigmoid", "none"]
+
+_KINDS = ("classification", "regression", "embedding")
+
+
+@dataclass(frozen=True)
+class PredictorInfo:
+    """What a workflow must know about a model to run it on a raster.
+
+    Attach one to a model as ``model.geodino_info`` (a PredictorInfo or a dict of its fields) so that
+    ``--model package.module:attr`` finds it.
+
+    Attributes:
+        in_bands: Number of input bands C the model takes.
+        out_channels: Number of output channels K (classes, regression targets, embedding features).
+        kind: "classification", "regression" or "embedding".
+        factor: Output stride f: input pixels per output pixel (1 for dense maps, 16 for ViT patch tokens).
+        mean: Per-band mean after scaling (None: zeros).
+        std: Per-band standard deviation after scaling (None: ones).
+        scale: Multiplier applied to raw values first (None: from the raster dtype, see ``default_scale``).
+        class_names: One name per class (classification).
+        class_colours: One (r, g, b) colour per class (classification).
+        name: Human-readable model name.
+        tile: Preferred tile (patch) side in input pixels, or None for the workflow default.
+        multiple: Input sides must be multiples of this (16 for a ViT/16).
+        activation: Applied to raw outputs before blending ("softmax" turns logits into probabilities); None:
+            "softmax" for classification (models return logits), "none" otherwise.
+        band_names: Names of the expected input bands, for error messages.
+    """
+
+    in_bands: int
+    out_channels: int
+    kind: Kind = "regression"
+    factor: int = 1
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    class_names: tuple[str, ...] | None = None
+    class_colours: tuple[tuple[int, int, int], ...] | None = None
+    name: str = "model"
+    tile: int | None = None
+    multiple: int = 1
+    activation: Activation | None = None
+    band_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        if self.in_bands < 1 or self.out_channels < 1 or self.factor < 1 or self.multiple < 1:
+            raise ValueError(f"in_bands, out_channels, factor and multiple must be >= 1: {self}")
+        for attr in ("mean", "std"):
+            values = getattr(self, attr)
+            if values is not None and len(values) != self.in_bands:
+                raise ValueError(f"{attr} has {len(values)} values for {self.in_bands} input bands")
+        if self.class_names is not None and len(self.class_names) != self.out_channels:
+            raise ValueError(f"{len(self.class_names)} class names for {self.out_channels} output channels")
+        if self.class_colours is not None and len(self.class_colours) != self.out_channels:
+            raise ValueError(f"{len(self.class_colours)} class colours for {self.out_channels} output channels")
+
+    @property
+    def output_activation(self) -> Activation:
+        """The activation actually applied: explicit, else softmax for classification, else none."""
+        if self.activation is not None:
+            return self.activation
+        return "softmax" if self.kind == "classification" else "none"
+
+    @classmethod
+    def coerce(cls, value: PredictorInfo | dict[str, Any]) -> PredictorInfo:
+        """A PredictorInfo from itself or a dict of its fields (sequences become tuples)."""
+        if isinstance(value, PredictorInfo):
+            return value
+        if not isinstance(value, dict):
+            raise TypeError(f"geodino_info must be a PredictorInfo or a dict, got {type(value).__name__}")
+        fields = dict(value)
+        for key in ("mean", "std", "class_names", "band_names"):
+            if fields.get(key) is not None:
+                fields[key] = tuple(fields[key])
+        if fields.get("class_colours") is not None:
+            fields["class_colours"] = tuple(tuple(int(v) for v in c) for c in fields["class_colours"])
+        return cls(**fields)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loaders: picklable zero-argument builders of the model, each with a stable cache key.
+
+
+@dataclass(frozen=True)
+class SpecLoader:
+    """Builds the model from ``"package.module:attr"`` (attr: a module, a callable, or a zero-arg factory)."""
+
+    spec: str
+
+    @property
+    def key(self) -> str:
+        return f"spec:{self.spec}"
+
+    def __call__(self) -> Any:
+        return resolve_spec(self.spec)
+
+
+@dataclass(frozen=True)
+class BackboneLoader:
+    """Builds a backbone (hub name such as "test"/"vits16", or a checkpoint path) wrapped as an embedder."""
+
+    source: str
+
+    @property
+    def key(self) -> str:
+        return f"backbone:{self.source}"
+
+    def __call__(self) -> Any:
+        return EmbeddingModel(load_backbone_source(self.source))
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectLoader:
+    """Holds an in-memory model (pickled with the Predictor); the key is a digest of its type and weights."""
+
+    obj: Any
+    key: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", f"object:{_object_digest(self.obj)}")
+
+    def __call__(self) -> Any:
+        return self.obj
+
+
+def _object_digest(obj: Any) -> str:
+    """A stable digest of a model: its type plus, for modules, every parameter and buffer."""
+    digest = hashlib.sha1(f"{type(obj).__module__}.{type(obj).__qualname__}".encode())
+    if isinstance(obj, torch.nn.Module):
+        for name, tensor in obj.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(repr(getattr(obj, "__qualname__", id(obj))).encode())
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-process model cache and device semaphores.
+
+_CACHE: dict[tuple[str, str], Any] = {}
+_CACHE_LOCK = threading.Lock()
+_DEVICE_GATES: dict[str, threading.Semaphore] = {}
+
+
+def _device_gate(device: str) -> threading.Semaphore:
+    """One semaphore per device in this process: one forward pass at a time per device."""
+    with _CACHE_LOCK:
+        if device not in _DEVICE_GATES:
+            _DEVICE_GATES[device] = threading.Semaphore(1)
+        return _DEVICE_GATES[device]
+
+
+def clear_model_cache() -> None:
+    """Forget every model built in this process (tests, or to free memory after a job)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def default_device() -> str:
+    """ "cuda" when a GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Predictor:
+    """A model plus its metadata, callable on (B, C, H, W) float32 batches.
+
+    Args:
+        loader: Picklable zero-arg callable building the model (cached per process under ``loader.key``).
+        info: The model's metadata.
+        batch_size: Patches per forward pass; batches are padded to this size so every forward has one shape.
+        device: torch device name, or None for "cuda" when available, else "cpu".
+    """
+
+    def __init__(
+        self, loader: Callable[[], Any], info: PredictorInfo, *, batch_size: int = 8, device: str | None = None
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.loader = loader
+        self.info = info
+        self.batch_size = int(batch_size)
+        self.device = device or default_device()
+
+    # Metadata, flattened for the workflows.
+    @property
+    def in_bands(self) -> int:
+        return self.info.in_bands
+
+    @property
+    def out_channels(self) -> int:
+        return self.info.out_channels
+
+    @property
+    def factor(self) -> int:
+        return self.info.factor
+
+    @property
+    def kind(self) -> Kind:
+        return self.info.kind
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.info.class_names
+
+    @property
+    def class_colours(self) -> tuple[tuple[int, int, int], ...] | None:
+        return self.info.class_colours
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the model (spec, backbone source, or weight digest)."""
+        return str(getattr(self.loader, "key", f"callable:{_object_digest(self.loader)}"))
+
+    @property
+    def normalization(self) -> Normalization:
+        """Normalisation with the model's own scale (1.0 when it leaves the scale to the raster dtype)."""
+        return self.normalization_for(None)
+
+    def normalization_for(self, dtype: Any) -> Normalization:
+        """Normalisation for rasters of ``dtype``: the model's scale, else ``default_scale(dtype)``.
+
+        Args:
+            dtype: numpy dtype of the raw raster values, or None (scale 1.0 if the model sets none).
+        """
+        scale = self.info.scale
+        if scale is None:
+            scale = 1.0 if dtype is None else float(default_scale(np.dtype(dtype)))
+        mean = self.info.mean if self.info.mean is not None else (0.0,) * self.in_bands
+        std = self.info.std if self.info.std is not None else (1.0,) * self.in_bands
+        return Normalization(scale=float(scale), mean=tuple(mean), std=tuple(std))
+
+    def with_options(self, *, batch_size: int | None = None, device: str | None = None) -> Predictor:
+        """A copy with another batch size or device (same loader, same cache key)."""
+        return Predictor(self.loader, self.info, batch_size=batch_size or self.batch_size, device=device or self.device)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly identity of the model and its metadata (for store fingerprints)."""
+        info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.info).items()}
+        return {"key": self.key, "info": info}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"loader": self.loader, "info": self.info, "batch_size": self.batch_size, "device": self.device}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def model(self) -> Any:
+        """The model, built once per process and device, in eval mode on ``self.device``."""
+        cache_key = (self.key, self.device)
+        with _CACHE_LOCK:
+            model = _CACHE.get(cache_key)
+        if model is not None:
+            return model
+        built = self.loader()
+        if isinstance(built, Predictor):
+            built = built.loader()
+        if isinstance(built, torch.nn.Module):
+            built = built.to(self.device).eval()
+        with _CACHE_LOCK:
+            return _CACHE.setdefault(cache_key, built)
+
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Predict a batch of patches.
+
+        Args:
+            batch: (B, C, H, W) float32, normalised; H and W multiples of ``factor`` and ``info.multiple``.
+
+        Returns:
+            (B, K, H / f, W / f) float32 numpy array, after the model's activation.
+        """
+        # Always contiguous NCHW: kernels chosen for other layouts round differently.
+        x = torch.as_tensor(batch, dtype=torch.float32).contiguous()
+        if x.ndim != 4 or x.shape[1] != self.in_bands:
+            raise ValueError(f"{self.name}: expected a (B, {self.in_bands}, H, W) batch, got {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        pad = (-b) % self.batch_size
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+        outputs = [self._forward(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
+        out = np.concatenate(outputs)[:b]
+        expected = (b, self.out_channels, h // self.factor, w // self.factor)
+        if out.shape != expected:
+            raise ValueError(
+                f"{self.name}: a {tuple(x.shape[1:])} patch batch gave output {out.shape}, expected {expected} "
+                f"(out_channels={self.out_channels}, factor={self.factor})"
+            )
+        return out
+
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        """One forward pass of a full batch on the device, under the device semaphore."""
+        model = self.model()
+        with _device_gate(self.device), torch.inference_mode():
+            y = model(x.to(self.device))
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            y = y.float()
+            activation = self.info.output_activation
+            if activation == "softmax":
+                y = torch.softmax(y, dim=1)
+            elif activation == "sigmoid":
+                y = torch.sigmoid(y)
+            return y.cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Builders.
+
+
+def resolve_spec(spec: str) -> Any:
+    """Import ``"package.module:attr"`` and return the model it names.
+
+    ``attr`` (dotted paths allowed) may be a model (``nn.Module`` or a callable taking a batch), a class or a
+    zero-argument factory returning one, or a Predictor.
+
+    Raises:
+        ValueError: If the spec is malformed, the module cannot be imported or the attribute is missing.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"model spec must look like 'package.module:attr', got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"model spec {spec!r}: cannot import module {module_name!r}: {err}") from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model spec {spec!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if _is_factory(obj):
+        obj = obj()
+    return obj
+
+
+def _is_factory(obj: Any) -> bool:
+    """True for classes and callables that take no required argument (and are not models themselves)."""
+    if isinstance(obj, (torch.nn.Module, Predictor)):
+        return False
+    if inspect.isclass(obj):
+        return True
+    if not callable(obj):
+        return False
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    required = [
+        p
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return not required
+
+
+def from_callable(
+    model: Callable[..., Any],
+    info: PredictorInfo | dict[str, Any] | None = None,
+    *,
+    batch_size: int = 8,
+    device: str | None = None,
+    **fields: Any,
+) -> Predictor:
+    """A Predictor around an in-memory model or callable.
+
+    Args:
+        model: ``nn.Module`` or callable mapping a (B, C, H, W) tensor to (B, K, H / f, W / f).
+        info: Metadata; defaults to ``model.geodino_info``; keyword ``fields`` override single fields.
+        batch_size: Patches per forward pass.
+        device: torch device, or None for automatic.
+    """
+    info = _info_of(model, info, fields, where=type(model).__name__)
+    return Predictor(ObjectLoader(model), info, batch_size=batch_size, device=device)
+
+
+def from_spec(spec: str, *, batch_size: int = 8, device: str | None = None, **fields: Any) -> Predictor:
+    """A Predictor for ``"package.module:attr"``; the model is rebuilt from the spec in each worker process."""
+    obj = resolve_spec(spec)
+    if isinstance(obj, Predictor):
+        return obj.with_options(batch_size=batch_size, device=device)
+    if _is_backbone(obj):
+        return from_backbone(obj, batch_size=batch_size, device=device)
+    info = _info_of(obj, None, fields, where=f"model spec {spec!r}")
+    predictor = Predictor(SpecLoader(spec), info, batch_size=batch_size, device=device)
+    # Seed this process's cache with the instance just built, so the driver process does not build it twice.
+    built = obj.to(predictor.device).eval() if isinstance(obj, torch.nn.Module) else obj
+    with _CACHE_LOCK:
+        _CACHE.setdefault((predictor.key, predictor.device), built)
+    return predictor
+
+
+def _info_of(obj: Any, info: Any, fields: dict[str, Any], *, where: str) -> PredictorInfo:
+    """Metadata from an explicit ``info``, else ``obj.geodino_info``, then keyword overrides."""
+    source = info if info is not None else getattr(obj, "geodino_info", None)
+    if source is None:
+        if not fields:
+            raise ValueError(
+                f"{where} carries no metadata: attach `geodino_info = PredictorInfo(in_bands=..., "
+                "out_channels=..., kind=...)` (or a dict of those fields) to it, or return a Predictor"
+            )
+        return PredictorInfo.coerce(fields)
+    base = PredictorInfo.coerce(source)
+    return replace(base, **fields) if fields else base
+
+
+def _is_backbone(obj: Any) -> bool:
+    """A geodino backbone: a module with ``.meta`` and ``get_intermediate_layers``."""
+    return hasattr(obj, "meta") and hasattr(obj, "get_intermediate_layers")
+
+
+class EmbeddingModel(torch.nn.Module):
+    """A backbone as a dense model: patch tokens after the final norm, (B, D, H / p, W / p)."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.meta = backbone.meta
+        params = inspect.signature(backbone.get_intermediate_layers).parameters
+        self._kwargs = {"norm": True} if "norm" in params else {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_intermediate_layers(x, n=1, reshape=True, **self._kwargs)[0]
+
+
+def backbone_info(meta: Any) -> PredictorInfo:
+    """Embedding metadata from a ``BackboneMeta``: f = patch size, mean/std and bands from the weights."""
+    bands = tuple(meta.bands) if getattr(meta, "bands", None) else None
+    in_bands = len(meta.mean) if getattr(meta, "mean", None) else (len(bands) if bands else 3)
+    return PredictorInfo(
+        in_bands=in_bands,
+        out_channels=int(meta.embed_dim),
+        kind="embedding",
+        factor=int(meta.patch_size),
+        mean=tuple(float(v) for v in meta.mean) if getattr(meta, "mean", None) else None,
+        std=tuple(float(v) for v in meta.std) if getattr(meta, "std", None) else None,
+        name=str(getattr(meta, "name", "backbone")),
+        tile=14 * int(meta.patch_size),
+        multiple=int(meta.patch_size),
+        band_names=bands,
+    )
+
+
+def load_backbone_source(source: str) -> torch.nn.Module:
+    """A backbone from a hub name ("test", "vits16", "dinov3_vitl16"...) or a checkpoint path.
+
+    Raises:
+        ValueError: If the name is neither a file nor a known hub constructor.
+    """
+    if Path(source).exists():
+        import geodino
+
+        return geodino.load_backbone(source)
+    from geodino import hub
+
+    name = source if source.startswith("dinov3_") else f"dinov3_{source}"
+    name = {"dinov3_test": "dinov3_vit_test"}.get(name, name)
+    constructor = getattr(hub, name, None)
+    if constructor is None:
+        known = sorted(n.removeprefix("dinov3_") for n in dir(hub) if n.startswith("dinov3_"))
+        raise ValueError(f"backbone {source!r} is neither a checkpoint file nor a hub name; known names: {known}")
+    # Random weights (no checkpoint): seeded, so every worker process builds the same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return constructor(weights=None)
+
+
+def from_backbone(backbone: torch.nn.Module | str, *, batch_size: int = 8, device: str | None = None) -> Predictor:
+    """An embedding Predictor: patch tokens after the final norm, f = patch size, mean/std from ``meta``.
+
+    Args:
+        backbone: A backbone module (with ``.meta``), a hub name ("test", "vits16") or a checkpoint path.
+        batch_size: Patches per forward pass.
+        device: torch device, or None for automatic.
+    """
+    if isinstance(backbone, str):
+        loader: Callable[[], Any] = BackboneLoader(backbone)
+        module = loader()
+    else:
+        module = EmbeddingModel(backbone)
+        loader = ObjectLoader(module)
+    predictor = Predictor(loader, backbone_info(module.meta), batch_size=batch_size, device=device)
+    with _CACHE_LOCK:
+        _CACHE.setdefault((predictor.key, predictor.device), module.to(predictor.device).eval())
+    return predictor
+
+
+def from_bundle(path: str | Path, *, batch_size: int = 8, device: str | None = None) -> Predictor:
+    """A Predictor from a saved geodino model (backbone + head), through ``geodino.bundle``.
+
+    Raises:
+        ValueError: If ``geodino.bundle`` does not exist yet or offers no Predictor loader.
+    """
+    if importlib.util.find_spec("geodino.bundle") is None:
+        raise ValueError(
+            f"{path}: saved geodino models need geodino.bundle, which this installation does not have; "
+            "pass a 'package.module:attr' spec instead"
+        )
+    bundle = importlib.import_module("geodino.bundle")
+    loader = getattr(bundle, "load_predictor", None)
+    if loader is None:
+        raise ValueError(f"{path}: geodino.bundle has no load_predictor(); cannot map a saved model yet")
+    predictor = loader(path)
+    if not isinstance(predictor, Predictor):
+        raise ValueError(f"{path}: geodino.bundle.load_predictor returned {type(predictor).__name__}")
+    return predictor.with_options(batch_size=batch_size, device=device)
+
+
+def build_predictor(model: Any, *, batch_size: int = 8, device: str | None = None) -> Predictor:
+    """Any accepted model description as a Predictor.
+
+    Args:
+        model: A Predictor; a path to a saved geodino model; a ``"package.module:attr"`` spec; a backbone
+            module; or an ``nn.Module``/callable carrying ``geodino_info``.
+        batch_size: Patches per forward pass.
+        device: torch device, or None for automatic.
+    """
+    if isinstance(model, Predictor):
+        return model.with_options(batch_size=batch_size, device=device)
+    if isinstance(model, (str, Path)):
+        text = str(model)
+        if Path(text).is_file():
+            return from_bundle(text, batch_size=batch_size, device=device)
+        if ":" in text:
+            return from_spec(text, batch_size=batch_size, device=device)
+        raise ValueError(f"model {text!r} is neither an existing file nor a 'package.module:attr' spec")
+    if _is_backbone(model):
+        return from_backbone(model, batch_size=batch_size, device=device)
+    if callable(model):
+        return from_callable(model, batch_size=batch_size, device=device)
+    raise TypeError(f"cannot use a {type(model).__name__} as a model")
+
+
+def check_bands(predictor: Predictor, count: int, band_names: Sequence[str], where: str) -> None:
+    """Raise early when a raster's band count does not match the model's.
+
+    Raises:
+        ValueError: Naming the input, the expected and the found band counts (and names when known).
+    """
+    if count == predictor.in_bands:
+        return
+    expected = f"{predictor.in_bands} bands"
+    if predictor.info.band_names:
+        expected += f" ({', '.join(predictor.info.band_names)})"
+    found = f"{count} bands"
+    if any(band_names):
+        found += f" ({', '.join(str(n) for n in band_names)})"
+    raise ValueError(
+        f"{where}: model {predictor.name!r} expects {expected}, the input has {found}; select bands with --bands"
+    )

@@ -1,0 +1,279 @@
+"""The Zarr sink: a pre-created, georeferenced store filled chunk by chunk, with a completion record.
+
+The store is created with metadata only (xarray ``to_zarr(compute=False)`` of a lazily zero-filled dataset),
+georeferenced with rioxarray's CF convention: a scalar ``spatial_ref`` coordinate carrying ``crs_wkt`` /
+``spatial_ref`` (WKT) and ``GeoTransform`` (GDAL order), ``grid_mapping`` in every variable's *encoding*, ``x``/``y``
+coordinates at pixel centres. Tasks then write whole output chunks through ``zarr.open_array(..., mode="r+")``;
+one task owns one chunk, so no two writers ever touch the same chunk.
+
+Completion is recorded explicitly in a small uint8 array ``chunk_done`` (dims ``chunk_y, chunk_x``, one Zarr
+chunk per flag, so tasks never share a flag chunk): after a chunk's data is written, its flag is set to 1. A resumed
+run skips the flagged chunks. (With zarr's ``write_empty_chunks=False`` an all-fill chunk is absent on disk, so
+absence of data proves nothing.) The run's parameters are stored as a fingerprint in the root attributes;
+resuming into a store made with other parameters is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from affine import Affine
+
+from geodino.raster.windows import Window
+
+DONE_VAR = "chunk_done"
+FINGERPRINT_ATTR = "geodino_run"
+CLASS_NODATA = 255
+
+
+class StoreMismatchError(ValueError):
+    """A store exists but was made with different parameters (or is not a geodino store)."""
+
+
+@dataclass(frozen=True)
+class OutputVar:
+    """One variable of the output store.
+
+    Attributes:
+        name: Variable name.
+        channels: Size of the leading channel dimension, or None for a 2-D (y, x) variable.
+        channel_dim: Name of the channel dimension ("class", "band", "feature").
+        dtype: Storage dtype ("float32", "float16", "uint8").
+        fill: Nodata/fill value (NaN for floats, 255 for class maps).
+        attrs: Extra variable attributes (class names, colours, long_name...).
+    """
+
+    name: str
+    channels: int | None
+    channel_dim: str = "band"
+    dtype: str = "float32"
+    fill: float | int = float("nan")
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        return ("y", "x") if self.channels is None else (self.channel_dim, "y", "x")
+
+
+def pixel_centres(transform: Affine, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of pixel centres for a north-up transform.
+
+    Returns:
+        ``x`` (width,) = c + a (i + 1/2) and ``y`` (height,) = f + e (j + 1/2), float64.
+
+    Raises:
+        ValueError: If the transform is rotated or sheared (x/y axes would not be 1-D).
+    """
+    if transform.b != 0 or transform.d != 0:
+        raise ValueError(f"rotated or sheared geotransforms are not supported: {tuple(transform)[:6]}")
+    x = transform.c + transform.a * (np.arange(width, dtype=np.float64) + 0.5)
+    y = transform.f + transform.e * (np.arange(height, dtype=np.float64) + 0.5)
+    return x, y
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "zarr.json").exists() or (path / ".zgroup").exists()
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON round-trip of ``value`` (tuples become lists), so fingerprints compare equal after reopening."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class ZarrSink:
+    """A pre-created output store; picklable (holds only paths and metadata).
+
+    Use :meth:`create` (new store, or checked reopening for resume) rather than the constructor.
+    """
+
+    def __init__(self, path: str | Path, variables: Sequence[OutputVar], chunk: tuple[int, int]):
+        self.path = Path(path).absolute()
+        self.variables = tuple(variables)
+        self.chunk = (int(chunk[0]), int(chunk[1]))
+
+    @property
+    def chunk_grid(self) -> tuple[int, int]:
+        """Number of output chunks along (rows, cols); read from the store's completion flags."""
+        return tuple(zarr.open_array(str(self.path), path=DONE_VAR, mode="r").shape)  # type: ignore[return-value]
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        variables: Sequence[OutputVar],
+        height: int,
+        width: int,
+        transform: Affine,
+        crs: Any,
+        chunk: tuple[int, int],
+        fingerprint: Mapping[str, Any],
+        zarr_format: int = 3,
+        attrs: Mapping[str, Any] | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> ZarrSink:
+        """Create the store with metadata only, or reopen it for ``resume`` after checking its fingerprint.
+
+        Args:
+            path: Store directory (``.zarr``).
+            variables: Output variables.
+            height: Output rows.
+            width: Output columns.
+            transform: Output geotransform (of the output grid, not the input's when coarser).
+            crs: Output CRS (rasterio CRS or anything rioxarray accepts), or None.
+            chunk: Output chunk (rows, cols) = Zarr chunk = one task.
+            fingerprint: JSON-able run parameters; a resumed store must have been made with equal ones.
+            zarr_format: 3 (default) or 2 (for GDAL < 3.11).
+            attrs: Extra root attributes.
+            resume: Reopen an existing store made with the same parameters (create it if absent).
+            overwrite: Delete an existing store first.
+
+        Raises:
+            FileExistsError: The store exists and neither ``resume`` nor ``overwrite`` is set.
+            StoreMismatchError: ``resume`` into a store made with other parameters.
+        """
+        path = Path(path).absolute()
+        if zarr_format not in (2, 3):
+            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
+        fingerprint = _jsonable(dict(fingerprint))
+        sink = cls(path, variables, chunk)
+        if path.exists():
+            if overwrite:
+                _remove_store(path)
+            elif resume:
+                sink._check_fingerprint(fingerprint)
+                return sink
+            else:
+                raise FileExistsError(f"{path} already exists: pass --resume to continue it or --overwrite")
+        sink._create(height, width, transform, crs, zarr_format, fingerprint, dict(attrs or {}))
+        return sink
+
+    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        """Refuse to resume into a store made with other parameters."""
+        if not _is_store(self.path):
+            raise StoreMismatchError(f"{self.path} exists but is not a Zarr store; use --overwrite or another path")
+        found = zarr.open_group(str(self.path), mode="r").attrs.get(FINGERPRINT_ATTR)
+        if found is None:
+            raise StoreMismatchError(f"{self.path} was not made by geodino mapping; use --overwrite")
+        if found != fingerprint:
+            keys = sorted(k for k in set(found) | set(fingerprint) if found.get(k) != fingerprint.get(k))
+            details = "; ".join(f"{k}: store {found.get(k)!r} vs now {fingerprint.get(k)!r}" for k in keys[:5])
+            raise StoreMismatchError(
+                f"{self.path} was made with different parameters ({details}); cannot resume, use --overwrite"
+            )
+
+    def _create(
+        self,
+        height: int,
+        width: int,
+        transform: Affine,
+        crs: Any,
+        zarr_format: int,
+        fingerprint: dict[str, Any],
+        attrs: dict[str, Any],
+    ) -> None:
+        """Write the metadata-only store and the empty completion record."""
+        import dask.array as da
+        import rioxarray  # noqa: F401  (registers the .rio accessor)
+        import xarray as xr
+
+        x, y = pixel_centres(transform, height, width)
+        coords: dict[str, Any] = {"y": ("y", y), "x": ("x", x)}
+        data_vars: dict[str, Any] = {}
+        encoding: dict[str, Any] = {}
+        for var in self.variables:
+            shape: tuple[int, ...] = (height, width)
+            chunks: tuple[int, ...] = self.chunk
+            if var.channels is not None:
+                shape = (var.channels, height, width)
+                chunks = (var.channels, *self.chunk)
+                coords[var.channel_dim] = (var.channel_dim, np.arange(var.channels, dtype=np.int32))
+            lazy = da.zeros(shape, chunks=chunks, dtype=var.dtype)
+            data_vars[var.name] = xr.DataArray(lazy, dims=var.dims, attrs=dict(var.attrs))
+            # grid_mapping must be in the encoding passed here, or rioxarray's CRS is lost on reopen.
+            encoding[var.name] = {
+                "chunks": chunks,
+                "dtype": var.dtype,
+                "_FillValue": var.fill,
+                "grid_mapping": "spatial_ref",
+            }
+        ds = xr.Dataset(data_vars, coords=coords)
+        if crs is not None:
+            ds = ds.rio.write_crs(crs)
+        ds = ds.rio.write_transform(transform)
+        ds.attrs.update(_jsonable(attrs))
+        ds.attrs[FINGERPRINT_ATTR] = fingerprint
+        grid = (-(-height // self.chunk[0]), -(-width // self.chunk[1]))
+        ds[DONE_VAR] = xr.DataArray(
+            da.zeros(grid, chunks=(1, 1), dtype="uint8"),
+            dims=("chunk_y", "chunk_x"),
+            attrs={"long_name": "1 where the output chunk is completely written", "chunk_shape": list(self.chunk)},
+        )
+        encoding[DONE_VAR] = {"chunks": (1, 1), "dtype": "uint8", "_FillValue": None}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ds.to_zarr(
+            str(self.path),
+            mode="w",
+            compute=False,
+            zarr_format=zarr_format,
+            encoding=encoding,
+            consolidated=zarr_format == 2,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Per-chunk operations (run inside tasks).
+
+    def _flags(self, mode: str = "r") -> Any:
+        return zarr.open_array(str(self.path), path=DONE_VAR, mode=mode)
+
+    def is_done(self, iy: int, ix: int) -> bool:
+        """True when chunk (iy, ix) was written completely by an earlier task."""
+        return bool(self._flags()[iy, ix])
+
+    def done(self) -> set[tuple[int, int]]:
+        """Indices (iy, ix) of every chunk marked complete."""
+        flags = np.asarray(self._flags()[...])
+        return {(int(iy), int(ix)) for iy, ix in np.argwhere(flags == 1)}
+
+    def write(self, core: Window, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write one whole output chunk of every variable.
+
+        Args:
+            core: The chunk's output window; must be chunk-aligned (its origin a multiple of the chunk).
+            arrays: Per variable, (K, h, w) or (h, w) values for ``core`` (cast to the storage dtype).
+        """
+        if core.row % self.chunk[0] or core.col % self.chunk[1]:
+            raise ValueError(f"{core} is not aligned with the store's {self.chunk} chunks")
+        rows, cols = core.slices()
+        for var in self.variables:
+            values = arrays[var.name]
+            target = zarr.open_array(str(self.path), path=var.name, mode="r+")
+            if var.channels is None:
+                target[rows, cols] = values.astype(var.dtype, copy=False)
+            else:
+                target[:, rows, cols] = values.astype(var.dtype, copy=False)
+
+    def mark_done(self, iy: int, ix: int) -> None:
+        """Record chunk (iy, ix) as complete (after its data is on disk); each flag is its own Zarr chunk."""
+        self._flags("r+")[iy, ix] = 1
+
+
+def _remove_store(path: Path) -> None:
+    """Delete an existing output, but only something that looks like a store (never an arbitrary folder)."""
+    if path.is_dir() and (_is_store(path) or not any(path.iterdir())):
+        shutil.rmtree(path)
+        return
+    raise FileExistsError(f"{path} exists and is not a Zarr store; refusing to delete it with --overwrite")
+
+
+def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
+    """The run parameters stored in a geodino output store, or None."""
+    return zarr.open_group(str(path), mode="r").attrs.get(FINGERPRINT_ATTR)
