@@ -448,7 +448,7 @@ def load_backbone(
     with torch.device("meta"):
         model = DinoVisionTransformer(ckpt.config, meta=meta, **kwargs)
     model = model.to_empty(device="cpu")
-    model.init_weights()
+    model.init_optional_state()  # everything else comes from the file, checked by the strict load
     load_state_dict_strict(model, ckpt.state_dict, ckpt.source)
     return model.eval()
 

@@ -92,17 +92,23 @@ class DinoVisionTransformer(nn.Module):
         """Truncated-normal (std 0.02) linear weights, zero biases, LayerScale at its init value."""
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.storage_tokens, std=0.02)
-        nn.init.zeros_(self.mask_token)
-        self.rope_embed.reset_parameters()
+        self.init_optional_state()
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-                if isinstance(module, MaskedBiasLinear):
-                    module.reset_bias_mask()
             elif isinstance(module, (nn.LayerNorm, LayerScale)):
                 module.reset_parameters()
+
+    def init_optional_state(self) -> None:
+        """State a checkpoint may omit: the (training-only) mask token, RoPE periods and k-bias masks."""
+        with torch.no_grad():
+            nn.init.zeros_(self.mask_token)
+            self.rope_embed.reset_parameters()
+            for module in self.modules():
+                if isinstance(module, MaskedBiasLinear):
+                    module.reset_bias_mask()
 
     # ----------------------------------------------------------------------------------------------- tokens
     def pad_input(self, x: Tensor) -> Tensor:
