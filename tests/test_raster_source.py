@@ -59,6 +59,8 @@ def test_window_inside(tif_u16: Path, scene_u16: np.ndarray) -> None:
         Window(-20, -30, 64, 64),  # top-left corner
         Window(H - 40, W - 10, 100, 80),  # bottom-right corner
         Window(100, -5, 50, W + 10),  # both sides
+        Window(-30, -3, 40, 20),  # the pad is larger than the part inside: mirrors pixels outside the window
+        Window(H - 5, W - 5, 40, 40),
         Window(-2 * H, 3 * W, 40, 60),  # far outside
         Window(-H - 50, -W - 50, 3 * H, 3 * W),  # larger than the raster on every side
     ],
@@ -339,6 +341,12 @@ def test_pickle_round_trip(tif_u16: Path) -> None:
     # Reads after close reopen lazily.
     assert np.array_equal(src.read(Window(-5, 10, 40, 40))[0], before[0])
     src.close()
+    with RasterSource(tif_u16, target_crs="EPSG:4326") as warped:
+        clone = pickle.loads(pickle.dumps(warped))
+        window = Window(warped.height // 2, -8, 32, 32)
+        a, b = warped.read(window), clone.read(window)
+        assert clone.crs == warped.crs and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        clone.close()
 
 
 def test_threaded_reads_equal_serial(tif_u16: Path) -> None:

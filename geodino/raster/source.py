@@ -483,13 +483,28 @@ class RasterSource:
                 part = inner.slices_in(window)
                 data[(slice(None), *part)], valid[part] = self._read_grid(inner)
             return data, valid
+        pad_r = (max(0, -window.row), max(0, window.bottom - self._height))
+        pad_c = (max(0, -window.col), max(0, window.right - self._width))
+        if inner is not None and max(pad_r) < inner.height and max(pad_c) < inner.width:
+            # Fast path: every mirrored pixel lies in the part read, so numpy's reflect pad (one mirror per side)
+            # gives the same pixels as reflect_indices.
+            data, valid = self._read_grid(inner)
+            return (
+                np.pad(data, ((0, 0), pad_r, pad_c), mode="reflect"),
+                np.pad(valid, (pad_r, pad_c), mode="reflect"),
+            )
         rows = reflect_indices(np.arange(window.row, window.bottom), self._height)
         cols = reflect_indices(np.arange(window.col, window.right), self._width)
         box = Window(
             int(rows.min()), int(cols.min()), int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
         )
-        data, valid = self._read_grid(box)
-        index = np.ix_(rows - box.row, cols - box.col)
+        return self._take(*self._read_grid(box), box, window)
+
+    def _take(self, data: np.ndarray, valid: np.ndarray, box: Window, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Gather ``window`` by reflection from arrays covering ``box`` (which must hold every mirrored pixel)."""
+        rows = reflect_indices(np.arange(window.row, window.bottom), self._height) - box.row
+        cols = reflect_indices(np.arange(window.col, window.right), self._width) - box.col
+        index = np.ix_(rows, cols)
         return data[(slice(None), *index)], valid[index]
 
     def _read_grid(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -516,10 +531,12 @@ class RasterSource:
         member = self._members[i]
         local = window.shift(-member.offset[0], -member.offset[1]).to_rasterio()
         try:
-            data = reader.read(self._bands, window=local, out_dtype=np.float32)
             if member.warp is not None:
-                valid = reader.read(member.alpha, window=local) > 0
+                # One call for the bands and the alpha band: the warper then runs once per block.
+                both = reader.read([*self._bands, member.alpha], window=local, out_dtype=np.float32)
+                data, valid = both[:-1], both[-1] > 0
             else:
+                data = reader.read(self._bands, window=local, out_dtype=np.float32)
                 valid = self._direct_mask(i, reader, local, data)
         except RasterioError as exc:
             raise RasterSourceError(f"{member.path}: reading window {window} failed: {exc}") from exc
