@@ -251,7 +251,7 @@ class RasterSource:
             target_crs is not None and any(c is None or c != rasterio.crs.CRS.from_user_input(target_crs) for c in crss)
         )
         if warp:
-            self._plan_warped(datasets, target_crs, target_resolution, alpha)
+            self._plan_warped(datasets, target_crs, target_resolution)
         else:
             self._plan_direct(datasets)
 
@@ -296,7 +296,7 @@ class RasterSource:
         self._crs, self._transform, self._height, self._width = first.crs, transform, height, width
         self._members = members
 
-    def _plan_warped(self, datasets: list[Any], target_crs: Any, target_resolution: Any, alpha: list[int]) -> None:
+    def _plan_warped(self, datasets: list[Any], target_crs: Any, target_resolution: Any) -> None:
         """Members warped with WarpedVRT onto one north-up grid in the target CRS and resolution."""
         crss = [ds.crs for ds in datasets]
         if any(c is None for c in crss):
