@@ -163,6 +163,8 @@ def test_errors(rgb_model: torch.nn.Module) -> None:
         adapt_bands(rgb_model, ("B04", "B03", "B02", "B08"), mean=[0.1, 0.2], std=[1, 1, 1, 1])
     with pytest.raises(ValueError, match=r"not among the bands"):
         adapt_bands(rgb_model, ("B04", "B08"), mean={"B8": 0.1, "B05": 0.2}, std={"B08": 0.1})
+    with pytest.raises(ValueError, match=r"mean given twice for band 'B08'"):
+        adapt_bands(rgb_model, ("B04", "B08"), mean={"B08": 0.1, "b8": 0.2}, std={"B08": 0.1})
     with pytest.raises(ValueError, match=r"std that is not > 0"):
         adapt_bands(rgb_model, ("B04", "B08"), mean={"B08": 0.1}, std={"B08": 0.0})
 

@@ -170,6 +170,8 @@ def _stats_for(
         if unknown:
             raise ValueError(f"{what} given for {unknown}, which are not among the bands {names}")
         for k, v in values.items():
+            if out[index[_key(k)]] is not None:
+                raise ValueError(f"{what} given twice for band {names[index[_key(k)]]!r} (keys {list(values)})")
             out[index[_key(k)]] = v
     elif values is not None:
         if isinstance(values, str) or len(values) != len(names):
