@@ -193,3 +193,20 @@ def test_get_intermediate_layers_indices_and_flags() -> None:
     assert torch.equal(cls, model(x))
     with pytest.raises(ValueError, match="outside"):
         model.get_intermediate_layers(x, n=[4])
+
+
+def test_drop_path_only_in_training_and_all_parameters_get_gradients() -> None:
+    model = DinoVisionTransformer(ARCHS["dinov3_vit_test"], drop_path_rate=0.5)
+    randomize(model)
+    x = torch.randn(8, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    b = model(x)
+    assert not torch.equal(a, b)
+    model.forward_features(x)["x_norm_patchtokens"].sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []  # mask_token included, so DDP sees every parameter used
