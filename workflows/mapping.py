@@ -275,11 +275,13 @@ def _fingerprint(
     }
 
 
-def open_output(out: str | Path, *, zarr_format: int | None = None) -> xr.Dataset:
-    """Open a mapping output lazily with its CRS (``decode_coords="all"``); class maps stay uint8."""
+def open_output(out: str | Path) -> xr.Dataset:
+    """Open a mapping output lazily with its CRS (``decode_coords="all"``); class maps stay uint8.
+
+    The completion flags (``chunk_done``) are left out.
+    """
     path = str(out)
-    consolidated = (zarr_format == 2) if zarr_format is not None else None
-    kwargs: dict[str, Any] = {"decode_coords": "all", "consolidated": consolidated, "drop_variables": [DONE_VAR]}
+    kwargs: dict[str, Any] = {"decode_coords": "all", "drop_variables": [DONE_VAR]}
     ds = xr.open_zarr(path, mask_and_scale=False, **kwargs)
     masked = {name: name != "classes" for name in ds.data_vars}
     ds.close()
@@ -399,7 +401,7 @@ def map_raster(
     pending = [t for t in tasks if (t.iy, t.ix) not in done]
     ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs)
     run_tasks(run_chunk, pending, ctx, scheduler=scheduler, workers=workers, address=address, progress=progress)
-    return open_output(out, zarr_format=zarr_format)
+    return open_output(out)
 
 
 def embed_raster(

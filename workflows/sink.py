@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,14 +220,12 @@ class ZarrSink:
         )
         encoding[DONE_VAR] = {"chunks": (1, 1), "dtype": "uint8", "_FillValue": None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        ds.to_zarr(
-            str(self.path),
-            mode="w",
-            compute=False,
-            zarr_format=zarr_format,
-            encoding=encoding,
-            consolidated=zarr_format == 2,
-        )
+        with warnings.catch_warnings():
+            # Consolidated metadata is not in the v3 spec (zarr warns); xarray reads it and then opens silently.
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            ds.to_zarr(
+                str(self.path), mode="w", compute=False, zarr_format=zarr_format, encoding=encoding, consolidated=True
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     # Per-chunk operations (run inside tasks).
