@@ -1,0 +1,79 @@
+"""The mapping commands through typer (own app + register) and as ``python -m geodino.workflows.cli``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import typer
+import xarray as xr
+from geodino.workflows.cli import register
+from rasters import smooth_scene, write_raster
+from typer.testing import CliRunner
+
+warnings.filterwarnings("ignore", message=".*consolidated.*")
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Path:
+    return write_raster(tmp_path / "s.tif", smooth_scene(3, 120, 150, seed=6, dtype=np.uint8))
+
+
+def test_map_then_export_cog(app: typer.Typer, scene: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "o.zarr"
+    args = ["map", str(scene), "--model", "model_factories:classifier", "--out", str(out)]
+    args += ["--zarr-format", "2", "--chunk", "48", "--outputs", "classes", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ds = xr.open_zarr(out, decode_coords="all", mask_and_scale=False)
+    assert sorted(ds.data_vars) == ["chunk_done", "classes"]
+    assert ds.classes.shape == (120, 150) and ds.classes.encoding["chunks"] == (48, 48)
+    result = runner.invoke(app, ["export-cog", str(out), "classes", str(tmp_path / "c.tif")])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "c.tif") as src:
+        assert np.array_equal(src.read(1), ds.classes.values)
+    # A second run into the same store without --resume / --overwrite fails cleanly.
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_embed_command(app: typer.Typer, scene: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.zarr"
+    args = ["embed", str(scene), "--backbone", "test", "--out", str(out), "--bands", "3,2,1", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert xr.open_zarr(out).embedding.shape == (64, 8, 10)
+
+
+def test_wrong_band_count_is_a_clean_error(app: typer.Typer, scene: Path, tmp_path: Path) -> None:
+    args = ["map", str(scene), "--model", "model_factories:one_band", "--out", str(tmp_path / "o.zarr")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "expects 1 bands" in result.output and "s.tif" in result.output
+
+
+def test_python_m_entry_point(scene: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    help_run = subprocess.run(
+        [sys.executable, "-m", "geodino.workflows.cli", "--help"], capture_output=True, text=True, env=env
+    )
+    assert help_run.returncode == 0 and "export-cog" in help_run.stdout
+    out = tmp_path / "o.zarr"
+    cmd = [sys.executable, "-m", "geodino.workflows.cli", "map", str(scene), "--model", "model_factories:pointwise"]
+    run = subprocess.run([*cmd, "--out", str(out), "--no-progress"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert xr.open_zarr(out).prediction.shape == (2, 120, 150)
