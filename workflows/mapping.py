@@ -187,9 +187,9 @@ def chunk_outputs(values: np.ndarray, outputs: Sequence[str], kind: str) -> dict
     arrays: dict[str, np.ndarray] = {}
     for name in outputs:
         if name == "classes":
-            nodata = np.isnan(values).any(axis=0)
-            classes = np.argmax(np.where(np.isnan(values), -np.inf, values), axis=0).astype(np.uint8)
-            classes[nodata] = CLASS_NODATA
+            # finalize() sets every channel of a pixel to NaN together, so channel 0 tells where nodata is.
+            classes = np.argmax(values, axis=0).astype(np.uint8)
+            classes[np.isnan(values[0])] = CLASS_NODATA
             arrays[name] = classes
         else:
             arrays[name] = values

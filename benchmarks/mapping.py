@@ -1,0 +1,279 @@
+"""Mapping benchmark: overhead over the bare model, memory flatness, and geodino versus a naive in-memory loop.
+
+Not a test: it prints ratios measured against baselines taken in the same run.
+
+(a) End-to-end ``map_raster`` time divided by the time of the bare model forward over the same patches (the
+    patches the workflow evaluates, including those shared by neighbouring chunks; the ratio against the unique
+    patches of the global grid is printed too), with a ViT-S/16 backbone (random weights) and a linear head
+    upsampled to pixels, on CPU, on a generated 3-band ``--size`` x ``--size`` raster. Target <= 1.15.
+(b) Peak resident memory (ru_maxrss) of a mapping of a ``--rss-large``\\ :sup:`2` raster divided by that of a
+    ``--rss-small``\\ :sup:`2` one, each in a fresh subprocess, with a cheap per-pixel model (1x1 convolutions).
+    Target <= 1.25.
+(c) geodino versus a naive in-memory loop (read the whole raster, tile it on the same global grid, accumulate
+    full-size float32 arrays, write the result), same cheap model, same raster, each in a fresh subprocess:
+    time and peak-memory ratios.
+
+Run: ``python benchmarks/mapping.py --size 2048 --rss-large 8192`` for a quick run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from geodino.workflows.predictor import PredictorInfo, from_callable
+from rasterio.transform import from_origin
+from rasterio.windows import Window as RioWindow
+from torch import nn
+
+CHEAP_TILE, CHEAP_OVERLAP = 512, 64
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs and models.
+
+
+def make_raster(path: Path, size: int, bands: int = 3) -> Path:
+    """A smooth uint8 ``bands x size x size`` GeoTIFF written strip by strip (bounded memory)."""
+    profile = {
+        "driver": "GTiff",
+        "height": size,
+        "width": size,
+        "count": bands,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": from_origin(500000, 4100000, 0.6, 0.6),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+    }
+    cols = np.arange(size, dtype=np.float32)[None, :]
+    with rasterio.open(path, "w", **profile) as dst:
+        for r0 in range(0, size, 512):
+            rows = np.arange(r0, min(r0 + 512, size), dtype=np.float32)[:, None]
+            strip = np.stack(
+                [127 + 100 * np.sin(rows / (70 + 30 * b)) * np.cos(cols / (90 + 20 * b)) for b in range(bands)]
+            )
+            dst.write(strip.astype(np.uint8), window=RioWindow(0, r0, size, len(rows)))
+    return path
+
+
+class LinearSegmenter(nn.Module):
+    """ViT patch tokens -> 1x1 conv (a linear head) -> bilinear upsampling to pixels."""
+
+    def __init__(self, backbone: nn.Module, classes: int = 8):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Conv2d(backbone.meta.embed_dim, classes, 1)
+        self.patch = backbone.meta.patch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone.get_intermediate_layers(x, n=1, reshape=True, norm=True)[0]
+        return nn.functional.interpolate(self.head(tokens), scale_factor=self.patch, mode="bilinear")
+
+
+def vit_linear_predictor(batch_size: int) -> Any:
+    """ViT-S/16 (random, seeded weights) + linear head, as a classification Predictor."""
+    from geodino import hub
+
+    torch.manual_seed(0)
+    backbone = hub.dinov3_vits16()
+    model = LinearSegmenter(backbone).eval()
+    meta = backbone.meta
+    info = PredictorInfo(
+        in_bands=3,
+        out_channels=8,
+        kind="classification",
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+        tile=224,
+        multiple=16,
+        name="vits16+linear",
+    )
+    return from_callable(model, info, batch_size=batch_size, device="cpu")
+
+
+class Cheap(nn.Module):
+    """Per-pixel model: 1x1 conv, tanh, 1x1 conv (3 bands -> 1 channel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x)))
+
+
+def cheap_predictor(batch_size: int = 4) -> Any:
+    info = PredictorInfo(in_bands=3, out_channels=1, kind="regression", tile=CHEAP_TILE, name="cheap-1x1")
+    return from_callable(Cheap().eval(), info, batch_size=batch_size, device="cpu")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, MB (Linux ru_maxrss is in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (a) overhead over the bare model.
+
+
+def bench_overhead(raster: Path, work: Path, batch_size: int) -> dict[str, float]:
+    """End-to-end mapping time / bare forward time over the same patches."""
+    from geodino.workflows.mapping import _plan_grid, default_chunk, map_raster
+
+    from geodino.raster.plan import plan_chunks
+    from geodino.raster.source import RasterSource
+
+    predictor = vit_linear_predictor(batch_size)
+    source = RasterSource(raster)
+    grid = _plan_grid(source, predictor, None, None)
+    chunk = default_chunk(grid, predictor.out_channels)
+    tasks = plan_chunks(grid, chunk)
+    evaluated = sum(t.num_patches for t in tasks)
+    unique = grid.num_patches
+    model = predictor.model()
+    x = torch.randn(batch_size, 3, grid.patch, grid.patch)
+    with torch.inference_mode():
+        model(x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(math.ceil(evaluated / batch_size)):
+            model(x)
+        bare = time.perf_counter() - start
+    start = time.perf_counter()
+    map_raster(raster, predictor, work / "a.zarr", overwrite=True, progress=False)
+    mapped = time.perf_counter() - start
+    per_patch = bare / (math.ceil(evaluated / batch_size) * batch_size)
+    return {
+        "chunk": chunk[0],
+        "chunks": len(tasks),
+        "patches_evaluated": evaluated,
+        "patches_unique": unique,
+        "bare_forward_s": bare,
+        "mapping_s": mapped,
+        "ratio_same_patches": mapped / bare,
+        "ratio_unique_patches": mapped / (per_patch * unique),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (b), (c): children run in fresh processes and print one JSON line.
+
+
+def child_geodino(raster: Path, out: Path) -> dict[str, float]:
+    from geodino.workflows.mapping import map_raster
+
+    base = peak_rss_mb()
+    start = time.perf_counter()
+    map_raster(raster, cheap_predictor(), out, overlap=CHEAP_OVERLAP, overwrite=True, progress=False)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "import_rss_mb": base}
+
+
+def child_naive(raster: Path, out: Path) -> dict[str, float]:
+    """Read everything, tile on the same global grid, accumulate full-size arrays, write once."""
+    from geodino.raster.blend import window_weights
+    from geodino.raster.plan import PatchGrid
+
+    base = peak_rss_mb()
+    start = time.perf_counter()
+    predictor = cheap_predictor()
+    model = predictor.model()
+    with rasterio.open(raster) as src:
+        data = src.read().astype(np.float32)
+    norm = predictor.normalization_for(np.uint8)
+    data = norm.apply(data, np.ones(data.shape[1:], dtype=bool))
+    h, w = data.shape[1:]
+    grid = PatchGrid(h, w, CHEAP_TILE, CHEAP_TILE - CHEAP_OVERLAP)
+    weights = window_weights(CHEAP_TILE, "hann")
+    pad_h = grid.row_origins()[-1] + CHEAP_TILE - h
+    pad_w = grid.col_origins()[-1] + CHEAP_TILE - w
+    data = np.pad(data, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+    acc = np.zeros((1, h + pad_h, w + pad_w), dtype=np.float32)
+    wsum = np.zeros((h + pad_h, w + pad_w), dtype=np.float32)
+    with torch.inference_mode():
+        for r in grid.row_origins():
+            for c in grid.col_origins():
+                patch = torch.from_numpy(np.ascontiguousarray(data[None, :, r : r + CHEAP_TILE, c : c + CHEAP_TILE]))
+                pred = model(patch)[0].numpy()
+                acc[:, r : r + CHEAP_TILE, c : c + CHEAP_TILE] += weights * pred
+                wsum[r : r + CHEAP_TILE, c : c + CHEAP_TILE] += weights
+    result = (acc / wsum)[:, :h, :w]
+    np.save(out.with_suffix(".npy"), result)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "import_rss_mb": base}
+
+
+def run_child(mode: str, raster: Path, out: Path) -> dict[str, float]:
+    """Run one child role in a fresh interpreter and parse its JSON line."""
+    cmd = [sys.executable, __file__, "--child", mode, "--raster", str(raster), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=4096, help="raster side for (a) and (c)")
+    parser.add_argument("--rss-small", type=int, default=2048, help="small raster side for (b)")
+    parser.add_argument("--rss-large", type=int, default=16384, help="large raster side for (b)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--child", choices=["geodino", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--raster", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        role = child_geodino if args.child == "geodino" else child_naive
+        print(json.dumps(role(args.raster, args.out)))
+        return
+    parts = args.only or ["a", "b", "c"]
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        print(f"torch threads: {torch.get_num_threads()}; CPU only")
+        if "a" in parts or "c" in parts:
+            raster = make_raster(work / f"r{args.size}.tif", args.size)
+        if "a" in parts:
+            res = bench_overhead(raster, work, args.batch_size)
+            print(
+                f"(a) ViT-S/16 + linear head, {args.size}^2, chunk {res['chunk']} ({res['chunks']} chunks), "
+                f"batch {args.batch_size}: mapping {res['mapping_s']:.1f} s, bare forward over the "
+                f"{res['patches_evaluated']} evaluated patches {res['bare_forward_s']:.1f} s -> "
+                f"ratio {res['ratio_same_patches']:.3f} (target <= 1.15); against the "
+                f"{res['patches_unique']} unique grid patches: {res['ratio_unique_patches']:.3f}"
+            )
+        if "b" in parts:
+            small = run_child("geodino", make_raster(work / "small.tif", args.rss_small), work / "small.zarr")
+            large = run_child("geodino", make_raster(work / "large.tif", args.rss_large), work / "large.zarr")
+            print(
+                f"(b) cheap 1x1-conv model, tile {CHEAP_TILE}: peak RSS {args.rss_large}^2 {large['peak_rss_mb']:.0f} MB "
+                f"({large['seconds']:.1f} s) / {args.rss_small}^2 {small['peak_rss_mb']:.0f} MB "
+                f"({small['seconds']:.1f} s) = {large['peak_rss_mb'] / small['peak_rss_mb']:.3f} (target <= 1.25); "
+                f"after-import baseline {small['import_rss_mb']:.0f} MB"
+            )
+        if "c" in parts:
+            geo = run_child("geodino", raster, work / "c.zarr")
+            naive = run_child("naive", raster, work / "naive")
+            print(
+                f"(c) cheap model, {args.size}^2: geodino {geo['seconds']:.1f} s / {geo['peak_rss_mb']:.0f} MB, "
+                f"naive in-memory loop {naive['seconds']:.1f} s / {naive['peak_rss_mb']:.0f} MB -> time ratio "
+                f"{geo['seconds'] / naive['seconds']:.2f}, peak-memory ratio "
+                f"{geo['peak_rss_mb'] / naive['peak_rss_mb']:.2f} (geodino / naive)"
+            )
+
+
+if __name__ == "__main__":
+    main()
