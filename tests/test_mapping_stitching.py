@@ -161,3 +161,12 @@ def test_odd_size_2049_x_3071(tmp_path: Path) -> None:
     # Last row and column come out right too.
     np.testing.assert_allclose(va[:, -1], whole[:, -1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(va[:, :, -1], whole[:, :, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_progress_bar_and_predictor_batch_size_kept(scene: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("GEODINO_TEST_SLEEP", "0.03")  # the bar shows for runs longer than half a second
+    predictor = build_predictor("model_factories:slow_pointwise", batch_size=64)
+    ds = map_raster(scene, predictor, tmp_path / "o.zarr", chunk=96)
+    assert "100% Completed" in capsys.readouterr().out
+    assert ds.prediction.shape == (2, 300, 500)
+    assert build_predictor(predictor).batch_size == 64

@@ -296,7 +296,7 @@ def map_raster(
     tile: int | None = None,
     overlap: int | None = None,
     chunk: int | tuple[int, int] | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     outputs: Sequence[str] | None = None,
     blend: BlendKind = "hann",
     bands: Sequence[int | str] | None = None,
@@ -324,7 +324,7 @@ def map_raster(
         tile: Patch side in input pixels (default: the model's, else 224).
         overlap: Overlap of neighbouring patches in input pixels (default: tile // 4, a multiple of the factor).
         chunk: Output chunk in OUTPUT pixels, a multiple of the output stride (default: near 2048 input px).
-        batch_size: Patches per forward pass.
+        batch_size: Patches per forward pass (default: a Predictor's own, else 8).
         outputs: Variables to write (classification: "probabilities" and/or "classes"; regression:
             "prediction"; embedding: "embedding"). Default: all of the kind's.
         blend: Blending window: "hann", "center" (centre-crop stitching) or "uniform".
@@ -351,7 +351,7 @@ def map_raster(
     """
     predictor = build_predictor(model, batch_size=batch_size, device=device)
     source = RasterSource(
-        inputs,
+        _absolute(inputs),
         bands=bands,
         nodata=nodata,
         allow_no_crs=allow_no_crs,
@@ -421,8 +421,16 @@ def embed_raster(
     Returns:
         The store opened lazily; variable ``embedding`` (feature, y, x).
     """
-    predictor = from_backbone(backbone, batch_size=kwargs.pop("batch_size", 8), device=kwargs.pop("device", None))
+    predictor = from_backbone(
+        backbone, batch_size=kwargs.pop("batch_size", None) or 8, device=kwargs.pop("device", None)
+    )
     return map_raster(inputs, predictor, out, batch_size=predictor.batch_size, device=predictor.device, **kwargs)
+
+
+def _absolute(inputs: str | Path | Sequence[str | Path]) -> list[str]:
+    """Existing local paths made absolute (workers of a remote cluster do not share our working directory)."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    return [os.path.abspath(p) if Path(p).exists() else str(p) for p in items]
 
 
 def _as_pair(value: int | Sequence[int]) -> tuple[int, int]:

@@ -543,17 +543,18 @@ def from_bundle(path: str | Path, *, batch_size: int = 8, device: str | None = N
     return predictor.with_options(batch_size=batch_size, device=device)
 
 
-def build_predictor(model: Any, *, batch_size: int = 8, device: str | None = None) -> Predictor:
+def build_predictor(model: Any, *, batch_size: int | None = None, device: str | None = None) -> Predictor:
     """Any accepted model description as a Predictor.
 
     Args:
         model: A Predictor; a path to a saved geodino model; a ``"package.module:attr"`` spec; a backbone
             module; or an ``nn.Module``/callable carrying ``geodino_info``.
-        batch_size: Patches per forward pass.
-        device: torch device, or None for automatic.
+        batch_size: Patches per forward pass (None: a Predictor's own, else 8).
+        device: torch device, or None for a Predictor's own, else automatic.
     """
     if isinstance(model, Predictor):
         return model.with_options(batch_size=batch_size, device=device)
+    batch_size = batch_size or 8
     if isinstance(model, (str, Path)):
         text = str(model)
         if Path(text).is_file():
