@@ -124,3 +124,13 @@ def slow_pointwise() -> nn.Module:
 def one_band() -> nn.Module:
     """1 band -> 1 regression channel (for single-band rasters such as canopy height)."""
     return _with_info(Pointwise(in_ch=1, out_ch=1), in_bands=1, out_channels=1, kind="regression", name="one_band")
+
+
+BUILDS = {"counted": 0}
+
+
+def counted_pointwise() -> nn.Module:
+    """``pointwise``, counting how many times this process built it (in ``BUILDS["counted"]``)."""
+    BUILDS["counted"] += 1
+    time.sleep(0.05)  # widen the window in which racing threads could build twice
+    return _with_info(Pointwise(), in_bands=3, out_channels=2, kind="regression", name="counted")

@@ -151,3 +151,15 @@ def test_info_validation() -> None:
         PredictorInfo(3, 2, mean=(0.0, 0.0))
     info = PredictorInfo.coerce({"in_bands": 3, "out_channels": 2, "mean": [0.1, 0.2, 0.3], "kind": "regression"})
     assert info.mean == (0.1, 0.2, 0.3) and info.output_activation == "none"
+
+
+def test_threads_build_the_model_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clear_model_cache()
+    before = mf.BUILDS["counted"]
+    predictor = Predictor(SpecLoader("model_factories:counted_pointwise"), PredictorInfo(3, 2))
+    with ThreadPoolExecutor(8) as pool:
+        models = list(pool.map(lambda _: predictor.model(), range(8)))
+    assert mf.BUILDS["counted"] == before + 1
+    assert all(m is models[0] for m in models)

@@ -175,6 +175,7 @@ def _object_digest(obj: Any) -> str:
 
 _CACHE: dict[tuple[str, str], Any] = {}
 _CACHE_LOCK = threading.Lock()
+_BUILD_LOCK = threading.Lock()
 _DEVICE_GATES: dict[str, threading.Semaphore] = {}
 
 
@@ -291,13 +292,18 @@ class Predictor:
             model = _CACHE.get(cache_key)
         if model is not None:
             return model
-        built = self.loader()
-        if isinstance(built, Predictor):
-            built = built.loader()
-        if isinstance(built, torch.nn.Module):
-            built = built.to(self.device).eval()
-        with _CACHE_LOCK:
-            return _CACHE.setdefault(cache_key, built)
+        with _BUILD_LOCK:  # threads arriving together build the model once
+            with _CACHE_LOCK:
+                model = _CACHE.get(cache_key)
+            if model is not None:
+                return model
+            built = self.loader()
+            if isinstance(built, Predictor):
+                built = built.loader()
+            if isinstance(built, torch.nn.Module):
+                built = built.to(self.device).eval()
+            with _CACHE_LOCK:
+                return _CACHE.setdefault(cache_key, built)
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """Predict a batch of patches.
