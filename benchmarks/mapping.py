@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
-from geodino.workflows.predictor import PredictorInfo, from_callable
 from rasterio.transform import from_origin
 from rasterio.windows import Window as RioWindow
 from torch import nn
+
+from geodino.workflows.predictor import PredictorInfo, from_callable
 
 CHEAP_TILE, CHEAP_OVERLAP = 256, 32
 #: Default output chunk of both rasters in (b): the same chunk, so only the raster size differs, and small enough
@@ -165,10 +166,9 @@ def bench_overhead(raster: Path, work: Path, batch_size: int, repeats: int) -> d
     Bare forwards and mappings alternate ``repeats`` times (bare first and last); the fastest of each is kept,
     since the machine may be shared. CPU-time ratios are reported as well.
     """
-    from geodino.workflows.mapping import _plan_grid, default_chunk, map_raster
-
     from geodino.raster.plan import plan_chunks
     from geodino.raster.source import RasterSource
+    from geodino.workflows.mapping import _plan_grid, default_chunk, map_raster
 
     predictor = vit_linear_predictor(batch_size)
     source = RasterSource(raster)

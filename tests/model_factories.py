@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 import torch
-from geodino.workflows.predictor import PredictorInfo
 from torch import nn
+
+from geodino.workflows.predictor import PredictorInfo
 
 
 def _seeded_conv(in_ch: int, out_ch: int, kernel: int, seed: int) -> nn.Conv2d:

@@ -13,9 +13,10 @@ import pytest
 import rasterio
 import typer
 import xarray as xr
-from geodino.workflows.cli import register
 from rasters import smooth_scene, write_raster
 from typer.testing import CliRunner
+
+from geodino.workflows.cli import register
 
 warnings.filterwarnings("ignore", message=".*consolidated.*")
 

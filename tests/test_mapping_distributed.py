@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geodino.workflows.mapping import map_raster
 from rasters import smooth_scene, write_raster
+
+from geodino.workflows.mapping import map_raster
 
 warnings.filterwarnings("ignore", message=".*consolidated.*")
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geodino.workflows.mapping import map_raster
 from rasters import smooth_scene, write_raster
+
+from geodino.workflows.mapping import map_raster
 
 
 def _scene(path: Path, bands: int = 3, dtype: type = np.uint8, **kwargs) -> Path:

@@ -11,9 +11,10 @@ import rasterio
 import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
+from rasters import smooth_scene, write_raster
+
 from geodino.workflows.cog import export_cog
 from geodino.workflows.mapping import embed_raster, map_raster
-from rasters import smooth_scene, write_raster
 
 warnings.filterwarnings("ignore", message=".*consolidated.*")
 

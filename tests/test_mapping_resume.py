@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from rasters import smooth_scene, write_raster
+
 from geodino.workflows.mapping import map_raster
 from geodino.workflows.sink import StoreMismatchError
-from rasters import smooth_scene, write_raster
 
 warnings.filterwarnings("ignore", message=".*consolidated.*")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-from geodino.workflows.mapping import embed_raster, map_raster
-from geodino.workflows.predictor import PredictorInfo, from_callable
 
 from geodino.raster.source import RasterSource
+from geodino.workflows.mapping import embed_raster, map_raster
+from geodino.workflows.predictor import PredictorInfo, from_callable
 
 warnings.filterwarnings("ignore", message=".*consolidated.*")
 

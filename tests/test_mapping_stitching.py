@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from geodino.workflows.mapping import map_raster
-from geodino.workflows.predictor import build_predictor
 from rasters import smooth_scene, write_raster
 
 from geodino.raster.source import RasterSource
+from geodino.workflows.mapping import map_raster
+from geodino.workflows.predictor import build_predictor
 
 warnings.filterwarnings("ignore", message=".*consolidated.*")
 

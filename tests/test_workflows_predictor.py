@@ -9,6 +9,7 @@ import model_factories as mf
 import numpy as np
 import pytest
 import torch
+
 from geodino.workflows.predictor import (
     Predictor,
     PredictorInfo,

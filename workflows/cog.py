@@ -17,8 +17,9 @@ import rasterio
 import rasterio.shutil
 import zarr
 from affine import Affine
-from geodino.workflows.sink import CLASS_NODATA
 from rasterio.windows import Window as RioWindow
+
+from geodino.workflows.sink import CLASS_NODATA
 
 
 def _georeference(store: Path, var: str) -> tuple[Any, Affine]:

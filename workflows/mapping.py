@@ -18,15 +18,15 @@ from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
-from geodino.workflows.execution import Scheduler, run_tasks
-from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
-from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
 
 from geodino.raster.blend import blend_patches, finalize, valid_to_output, window_weights
 from geodino.raster.normalize import Normalization
 from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chunks
 from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
+from geodino.workflows.execution import Scheduler, run_tasks
+from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
+from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
 
 BlendKind = Literal["hann", "center", "uniform"]
 
