@@ -64,7 +64,10 @@ class Coarse(nn.Module):
 
 
 class Logged(nn.Module):
-    """Wraps a model; appends a line per forward pass to $GEODINO_TEST_LOG and sleeps $GEODINO_TEST_SLEEP s."""
+    """Wraps a model; logs each forward pass to $GEODINO_TEST_LOG and sleeps $GEODINO_TEST_SLEEP s.
+
+    A log line is ``pid batch real``: ``real`` counts the patches that are not batch padding (all-zero inputs).
+    """
 
     def __init__(self, inner: nn.Module):
         super().__init__()
@@ -74,7 +77,8 @@ class Logged(nn.Module):
         log = os.environ.get("GEODINO_TEST_LOG")
         if log:
             with open(log, "a") as fh:
-                fh.write(f"{os.getpid()} {x.shape[0]}\n")
+                real = int((x.flatten(1).abs().sum(dim=1) > 0).sum())
+                fh.write(f"{os.getpid()} {x.shape[0]} {real}\n")
         delay = float(os.environ.get("GEODINO_TEST_SLEEP", "0"))
         if delay:
             time.sleep(delay)

@@ -15,6 +15,7 @@ import pytest
 import zarr
 from rasters import smooth_scene, write_raster
 
+from geodino.raster.plan import PatchGrid, plan_chunks
 from geodino.workflows.mapping import map_raster
 from geodino.workflows.sink import StoreMismatchError
 
@@ -47,6 +48,23 @@ def _calls(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
+def _patches_run(log: Path) -> int:
+    """Patches the model saw (batch padding excluded), from the Logged model's log."""
+    return sum(int(line.split()[2]) for line in log.read_text().splitlines()) if log.exists() else 0
+
+
+def _patches_of(chunks: set[tuple[int, int]]) -> int:
+    """Distinct patches touching the cores of `chunks` (tile 64, default overlap 16, chunk 96)."""
+    tasks = plan_chunks(PatchGrid(300, 500, 64, 48), 96)
+    origins = {(r, c) for t in tasks if (t.iy, t.ix) in chunks for r, c in zip(t.patch_rows, t.patch_cols)}
+    return len(origins)
+
+
+def _done_chunks(store: Path) -> set[tuple[int, int]]:
+    flags = np.asarray(zarr.open_array(str(store), path="chunk_done", mode="r")[...])
+    return {(int(iy), int(ix)) for iy, ix in zip(*np.nonzero(flags))}
+
+
 @pytest.fixture
 def scene(tmp_path: Path) -> Path:
     return write_raster(tmp_path / "scene.tif", smooth_scene(3, 300, 500, seed=4, dtype=np.uint16))
@@ -65,12 +83,14 @@ def test_kill_9_then_resume_gives_identical_output(scene: Path, tmp_path: Path) 
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
     done = _done_count(out)
     assert 3 <= done < CHUNKS
+    all_chunks = {(iy, ix) for iy in range(4) for ix in range(6)}
+    pending = all_chunks - _done_chunks(out)
 
     resumed = _cli([*args, "--resume"], tmp_path / "second.log", sleep=0.0)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    # One forward pass per chunk (batch 64 >= patches per chunk): only the unfinished chunks ran again.
-    assert _calls(tmp_path / "second.log") == CHUNKS - done
+    # The resumed run predicted exactly the patches of the unfinished chunks, each once.
+    assert _patches_run(tmp_path / "second.log") == _patches_of(pending) < _patches_of(all_chunks)
     assert _done_count(out) == CHUNKS
 
     reference = map_raster(
@@ -87,9 +107,11 @@ def test_resume_of_a_complete_store_runs_nothing(scene: Path, tmp_path: Path, mo
     out = tmp_path / "o.zarr"
     kwargs = {"chunk": 96, "batch_size": 64, "progress": False}
     first = map_raster(scene, "model_factories:slow_pointwise", out, **kwargs).prediction.values
-    assert _calls(log) == CHUNKS
+    calls = _calls(log)
+    # every patch of the grid predicted exactly once, border patches shared between chunks included
+    assert _patches_run(log) == _patches_of({(iy, ix) for iy in range(4) for ix in range(6)})
     again = map_raster(scene, "model_factories:slow_pointwise", out, resume=True, **kwargs).prediction.values
-    assert _calls(log) == CHUNKS
+    assert _calls(log) == calls
     assert np.array_equal(first, again)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
 from geodino.workflows.execution import Scheduler, run_tasks
 from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
+from geodino.workflows.shared_patches import SHARED, SharingKey, chunks_of, sharing_key
 from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
 
 BlendKind = Literal["hann", "center", "uniform"]
@@ -98,6 +100,9 @@ class ChunkContext:
         weights: (p, p) float32 blending window in output pixels.
         sink: The pre-created output store.
         outputs: Names of the variables to write.
+        chunk: Output chunk (rows, cols).
+        run: Token of this run (keys the border patches shared between its chunks).
+        pending: The (iy, ix) chunks this run computes (how many chunks will ask for a shared patch group).
     """
 
     source: RasterSource
@@ -107,10 +112,33 @@ class ChunkContext:
     weights: np.ndarray
     sink: ZarrSink
     outputs: tuple[str, ...]
+    chunk: tuple[int, int]
+    run: str
+    pending: frozenset[tuple[int, int]]
+
+
+def _split_shared(
+    keep: Sequence[int], out_rows: np.ndarray, out_cols: np.ndarray, ctx: ChunkContext
+) -> tuple[list[int], dict[SharingKey, list[int]]]:
+    """Patches only this chunk needs, and the others grouped by the set of chunks they touch (global order kept)."""
+    grid_shape = chunk_grid_shape(ctx.grid, ctx.chunk)
+    interior: list[int] = []
+    shared: dict[SharingKey, list[int]] = {}
+    for k in keep:
+        key = sharing_key(int(out_rows[k]), int(out_cols[k]), ctx.grid.out_patch, ctx.chunk, grid_shape)
+        if key[0] == key[1] and key[2] == key[3]:
+            interior.append(k)
+        else:
+            shared.setdefault(key, []).append(k)
+    return interior, shared
 
 
 def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
     """Blend the predictions of every patch touching a chunk's core.
+
+    Patches that also touch other chunks go through :data:`~geodino.workflows.shared_patches.SHARED`: predicted
+    once per process by the first chunk that claims them, then handed to the others. Every patch is blended in
+    the global patch order, so the result does not depend on which chunk predicted what.
 
     Args:
         task: The chunk task (core in output pixels, read window and patch origins in input pixels).
@@ -118,7 +146,7 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
 
     Returns:
         ``(values, patches)``: (K, h, w) float32 over ``task.core`` (NaN where no valid input), and the number of
-        patches sent to the model (patches without any valid pixel are skipped).
+        patches this call sent to the model (patches without any valid pixel are skipped).
     """
     f, p = ctx.grid.factor, ctx.grid.patch
     raw, valid = ctx.source.read(task.read, fill="reflect")
@@ -126,25 +154,69 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
     del raw
     local_rows, local_cols = task.local_origins()
     out_rows, out_cols = task.output_origins(f)
-    keep = [
-        k
-        for k in range(task.num_patches)
-        if valid[local_rows[k] : local_rows[k] + p, local_cols[k] : local_cols[k] + p].any()
-    ]
+
+    def footprint(k: int) -> tuple[slice, slice]:
+        return slice(local_rows[k], local_rows[k] + p), slice(local_cols[k], local_cols[k] + p)
+
+    def predict(index: Sequence[int]) -> np.ndarray:
+        return ctx.predictor(np.stack([data[(slice(None), *footprint(k))] for k in index]))
+
+    keep = [k for k in range(task.num_patches) if valid[footprint(k)].any()]
+    interior, shared = _split_shared(keep, out_rows, out_cols, ctx)
+    ready, claimed, waiting = _claim_groups(shared, ctx)
+    # One stream of fixed-size batches: the groups this chunk claimed first (to publish them early), then the rest.
+    stream = [k for key in claimed for k in shared[key]] + interior
+    batch, pos = ctx.predictor.batch_size, 0
+
+    def predict_next() -> None:
+        nonlocal pos
+        index = stream[pos : pos + batch]
+        pos += len(index)
+        ready.update(zip(index, predict(index), strict=True))
+
+    try:
+        while pos < len(stream) - len(interior):
+            predict_next()
+        for key in claimed:
+            users = sum(c in ctx.pending for c in chunks_of(key))
+            SHARED.publish(ctx.run, key, np.stack([ready[k] for k in shared[key]]), users)
+    except BaseException:
+        for key in claimed:
+            SHARED.abandon(ctx.run, key)
+        raise
+    fallback = 0
+    for key in waiting:  # predicted by other threads; only now, holding no claim, wait for them
+        group = SHARED.wait(ctx.run, key)
+        if group is None:
+            group = predict(shared[key])
+            fallback += len(shared[key])
+        ready.update(zip(shared[key], group, strict=True))
     acc = np.zeros((ctx.predictor.out_channels, *task.core.shape), dtype=np.float32)
     wsum = np.zeros(task.core.shape, dtype=np.float32)
-    batch = ctx.predictor.batch_size
-    for start in range(0, len(keep), batch):
-        index = keep[start : start + batch]
-        patches = np.stack(
-            [data[:, local_rows[k] : local_rows[k] + p, local_cols[k] : local_cols[k] + p] for k in index]
-        )
-        masks = np.stack([valid[local_rows[k] : local_rows[k] + p, local_cols[k] : local_cols[k] + p] for k in index])
-        preds = ctx.predictor(patches)
-        masks_out = valid_to_output(masks, f)
-        for j, k in enumerate(index):
-            _accumulate(acc, wsum, preds[j], masks_out[j], int(out_rows[k]), int(out_cols[k]), task.core, ctx)
-    return finalize(acc, wsum), len(keep)
+    for k in keep:  # global patch order
+        if k not in ready:
+            predict_next()
+        mask = valid_to_output(valid[footprint(k)], f)
+        _accumulate(acc, wsum, ready.pop(k), mask, int(out_rows[k]), int(out_cols[k]), task.core, ctx)
+    return finalize(acc, wsum), pos + fallback
+
+
+def _claim_groups(
+    shared: dict[SharingKey, list[int]], ctx: ChunkContext
+) -> tuple[dict[int, np.ndarray], list[SharingKey], list[SharingKey]]:
+    """Shared groups already predicted (patch index -> prediction), those to predict here, those to wait for."""
+    ready: dict[int, np.ndarray] = {}
+    claimed: list[SharingKey] = []
+    waiting: list[SharingKey] = []
+    for key in sorted(shared):
+        got = SHARED.claim(ctx.run, key)
+        if got is True:
+            claimed.append(key)
+        elif got is False:
+            waiting.append(key)
+        else:
+            ready.update(zip(shared[key], got, strict=True))
+    return ready, claimed, waiting
 
 
 def _accumulate(
@@ -399,8 +471,13 @@ def map_raster(
     )
     done = sink.done() if resume else set()
     pending = [t for t in tasks if (t.iy, t.ix) not in done]
-    ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs)
-    run_tasks(run_chunk, pending, ctx, scheduler=scheduler, workers=workers, address=address, progress=progress)
+    run = uuid.uuid4().hex
+    pending_ids = frozenset((t.iy, t.ix) for t in pending)
+    ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs, chunk_hw, run, pending_ids)
+    try:
+        run_tasks(run_chunk, pending, ctx, scheduler=scheduler, workers=workers, address=address, progress=progress)
+    finally:
+        SHARED.drop_run(run)
     return open_output(out)
 
 
