@@ -56,13 +56,13 @@ def _patches_run(log: Path) -> int:
 def _patches_of(chunks: set[tuple[int, int]]) -> int:
     """Distinct patches touching the cores of `chunks` (tile 64, default overlap 16, chunk 96)."""
     tasks = plan_chunks(PatchGrid(300, 500, 64, 48), 96)
-    origins = {(r, c) for t in tasks if (t.iy, t.ix) in chunks for r, c in zip(t.patch_rows, t.patch_cols)}
+    origins = {(r, c) for t in tasks if (t.iy, t.ix) in chunks for r, c in zip(t.patch_rows, t.patch_cols, strict=True)}
     return len(origins)
 
 
 def _done_chunks(store: Path) -> set[tuple[int, int]]:
     flags = np.asarray(zarr.open_array(str(store), path="chunk_done", mode="r")[...])
-    return {(int(iy), int(ix)) for iy, ix in zip(*np.nonzero(flags))}
+    return {(int(iy), int(ix)) for iy, ix in zip(*np.nonzero(flags), strict=True)}
 
 
 @pytest.fixture
