@@ -96,7 +96,7 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
-    """Rotate (B, heads, N, d) queries or keys, in float32, returned in the input dtype."""
+    """Rotate (..., N, d) queries and/or keys by (N, d) tables, in float32, returned in the input dtype."""
     xf = x.float()
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
@@ -135,10 +135,11 @@ class Attention(nn.Module):
         """x: (B, N, D) -> (B, N, D)."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, d)
-        if rope is not None:
-            sin, cos = rope
-            q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        if rope is not None:  # rotate q and k in one pass: (2, B, heads, N, d)
+            q, k = apply_rope(qkv[:2], *rope).unbind(0)
+            v = qkv[2]
+        else:
+            q, k, v = qkv.unbind(0)  # each (B, heads, N, d)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 

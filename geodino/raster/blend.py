@@ -112,8 +112,9 @@ def blend_patches(
         contrib = wk * preds[k][(slice(None), *in_patch)].astype(np.float32, copy=False)
         if valid is not None:
             vk = valid[k][in_patch]
-            wk = np.where(vk, wk, np.float32(0))
-            contrib = np.where(vk, contrib, np.float32(0))
+            if not vk.all():  # most patches hold no nodata: skip the masking copies
+                wk = np.where(vk, wk, np.float32(0))
+                contrib = np.where(vk, contrib, np.float32(0))
         acc[(slice(None), *in_canvas)] += contrib
         wsum[in_canvas] += wk
     return acc, wsum
@@ -129,8 +130,9 @@ def finalize(acc: np.ndarray, wsum: np.ndarray) -> np.ndarray:
     Returns:
         (C, h, w) float32; NaN where ``wsum == 0`` (no valid input under the pixel).
     """
-    out = np.full(acc.shape, np.nan, dtype=np.float32)
-    np.divide(acc, wsum, out=out, where=np.broadcast_to(wsum > 0, acc.shape))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.divide(acc, wsum, dtype=np.float32)
+    out[:, wsum <= 0] = np.nan
     return out
 
 
