@@ -73,7 +73,8 @@ class RopeEmbedding(nn.Module):
         return grid
 
     def forward(self, h: int, w: int, n_prefix: int) -> tuple[Tensor, Tensor]:
-        """Sin and cos tables, each (n_prefix + h*w, d) float32.
+        """Sin and cos tables, each (n_prefix + h*w, d) float32; the first half of sin is negated (rotate-half
+        sign, see `apply_rope`).
 
         Prefix (cls, storage) rows are sin 0, cos 1: ``q * 1 + rot(q) * 0`` leaves those tokens exactly as they are,
         which lets attention rotate the whole sequence without splitting it.
@@ -83,22 +84,23 @@ class RopeEmbedding(nn.Module):
         angles = 2 * math.pi * coords[:, :, None] / periods[None, None, :]  # (hw, 2, d/4)
         angles = angles.flatten(1).repeat(1, 2)  # (hw, d)
         sin, cos = angles.sin(), angles.cos()
+        sin[:, : self.head_dim // 2].neg_()
         if n_prefix:
             sin = torch.cat([sin.new_zeros(n_prefix, self.head_dim), sin])
             cos = torch.cat([cos.new_ones(n_prefix, self.head_dim), cos])
         return sin, cos
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """[a, b] -> [-b, a] over the last dimension (pairs k and k + d/2)."""
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
-
-
 def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
-    """Rotate (..., N, d) queries and/or keys by (N, d) tables, in float32, returned in the input dtype."""
+    """Rotate (..., N, d) queries and/or keys by (N, d) tables, in float32, returned in the input dtype.
+
+    Rotate-half RoPE is ``x cos + [-b, a] sin`` for ``x = [a, b]``; with the sign folded into the sin table
+    (`RopeEmbedding` returns ``[-sin_a, sin_b]``) the rotated term is ``roll(x, d/2) * sin``, which saves the
+    negation pass and stays bit-identical to the unfolded form (no fused multiply-add, which would round
+    differently from the reference).
+    """
     xf = x.float()
-    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+    return (xf * cos + xf.roll(xf.shape[-1] // 2, dims=-1) * sin).to(x.dtype)
 
 
 class MaskedBiasLinear(nn.Linear):
