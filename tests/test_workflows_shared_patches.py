@@ -33,15 +33,16 @@ def test_claim_publish_take_until_every_user_had_it() -> None:
     assert store.claim("run", (0, 0, 0, 1)) is True
 
 
-def test_budget_evicts_oldest_and_abandon_releases_waiters() -> None:
+def test_full_budget_refuses_new_groups_and_abandon_releases_waiters() -> None:
     store = SharedPredictions(budget_bytes=2 * 64)
     for i in range(3):
         assert store.claim("r", (i, i, 0, 1)) is True
         store.publish("r", (i, i, 0, 1), np.full((1, 1, 4, 4), i, np.float32), users=2)  # 64 bytes each
     assert store.nbytes == 128
-    assert store.claim("r", (0, 0, 0, 1)) is True  # evicted: predict again
-    store.abandon("r", (0, 0, 0, 1))
-    assert store.wait("r", (0, 0, 0, 1)) is None
+    assert store.claim("r", (2, 2, 0, 1)) is True  # did not fit: its other user predicts it again
+    store.abandon("r", (2, 2, 0, 1))
+    assert store.wait("r", (2, 2, 0, 1)) is None
+    assert float(store.claim("r", (0, 0, 0, 1))[0, 0, 0, 0]) == 0.0  # the oldest were kept
     store.drop_run("r")
     assert store.nbytes == 0
 

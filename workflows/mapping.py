@@ -124,6 +124,8 @@ def _split_shared(
     grid_shape = chunk_grid_shape(ctx.grid, ctx.chunk)
     interior: list[int] = []
     shared: dict[SharingKey, list[int]] = {}
+    if SHARED.budget_bytes == 0:  # sharing turned off: every chunk predicts all its patches
+        return list(keep), shared
     for k in keep:
         key = sharing_key(int(out_rows[k]), int(out_cols[k]), ctx.grid.out_patch, ctx.chunk, grid_shape)
         if key[0] == key[1] and key[2] == key[3]:
@@ -178,19 +180,21 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
         while pos < len(stream) - len(interior):
             predict_next()
         for key in claimed:
-            users = sum(c in ctx.pending for c in chunks_of(key))
-            SHARED.publish(ctx.run, key, np.stack([ready[k] for k in shared[key]]), users)
+            others = [c for c in chunks_of(key) if c in ctx.pending and c != (task.iy, task.ix)]
+            crops = [_crop_for(ready[k], int(out_rows[k]), int(out_cols[k]), others, ctx) for k in shared[key]]
+            SHARED.publish(ctx.run, key, crops, 1 + len(others), nbytes=sum(c[0].nbytes for c in crops))
     except BaseException:
         for key in claimed:
             SHARED.abandon(ctx.run, key)
         raise
     fallback = 0
     for key in waiting:  # predicted by other threads; only now, holding no claim, wait for them
-        group = SHARED.wait(ctx.run, key)
-        if group is None:
-            group = predict(shared[key])
+        crops = SHARED.wait(ctx.run, key)
+        if crops is None:
+            ready.update(zip(shared[key], predict(shared[key]), strict=True))
             fallback += len(shared[key])
-        ready.update(zip(shared[key], group, strict=True))
+        else:
+            ready.update((k, _uncrop(crop, ctx.grid.out_patch)) for k, crop in zip(shared[key], crops, strict=True))
     acc = np.zeros((ctx.predictor.out_channels, *task.core.shape), dtype=np.float32)
     wsum = np.zeros(task.core.shape, dtype=np.float32)
     for k in keep:  # global patch order
@@ -215,8 +219,35 @@ def _claim_groups(
         elif got is False:
             waiting.append(key)
         else:
-            ready.update(zip(shared[key], got, strict=True))
+            ready.update((k, _uncrop(crop, ctx.grid.out_patch)) for k, crop in zip(shared[key], got, strict=True))
     return ready, claimed, waiting
+
+
+Crop = tuple[np.ndarray, int, int]  # (K, h, w) part of a patch prediction, and its offset in the patch
+
+
+def _crop_for(pred: np.ndarray, row: int, col: int, others: Sequence[tuple[int, int]], ctx: ChunkContext) -> Crop:
+    """The part of a (K, p, p) patch prediction at output origin (row, col) that the chunks `others` blend:
+    the bounding box of its overlaps with their cores (a border patch reaches only a margin into a neighbour)."""
+    footprint = Window(row, col, pred.shape[-2], pred.shape[-1])
+    ch, cw = ctx.chunk
+    box: Window | None = None
+    for iy, ix in others:
+        part = footprint.intersection(Window(iy * ch, ix * cw, ch, cw))
+        if part is not None:
+            box = part if box is None else box.union(part)
+    if box is None:
+        return pred[:, :0, :0].copy(), 0, 0
+    r, c = box.row - row, box.col - col
+    return np.ascontiguousarray(pred[:, r : r + box.height, c : c + box.width]), r, c
+
+
+def _uncrop(crop: Crop, patch: int) -> np.ndarray:
+    """A (K, p, p) prediction holding `crop` at its offset, zeros elsewhere (never blended by the taker)."""
+    values, r, c = crop
+    full = np.zeros((values.shape[0], patch, patch), dtype=values.dtype)
+    full[:, r : r + values.shape[1], c : c + values.shape[2]] = values
+    return full
 
 
 def _accumulate(

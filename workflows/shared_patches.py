@@ -16,15 +16,17 @@ check.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Any
 
 SharingKey = tuple[int, int, int, int]  # first/last chunk row, first/last chunk col touched
 
-#: Default memory budget of the groups kept waiting for their other chunks, per process.
-DEFAULT_BUDGET_BYTES = 512 * 2**20
+#: Default memory budget of the groups kept waiting for their other chunks, per process. A chunk row's bottom
+#: edges wait for the next row, so what is held grows with the raster's width until this caps it; beyond it,
+#: chunks predict their border patches themselves, as without sharing.
+DEFAULT_BUDGET_BYTES = 256 * 2**20
 
 
 def sharing_key(
@@ -46,7 +48,8 @@ def chunks_of(key: SharingKey) -> list[tuple[int, int]]:
 
 @dataclass
 class _Entry:
-    predictions: np.ndarray
+    payload: Any
+    nbytes: int
     remaining: int
 
 
@@ -54,8 +57,8 @@ class _Entry:
 class SharedPredictions:
     """A per-process store of border-patch predictions, bounded in bytes, safe across threads.
 
-    Entries are dropped once every expected user took them; when the budget is full the oldest ones go first,
-    and a later user recomputes (identically).
+    Entries are dropped once every expected user took them; a group that does not fit the budget is not kept,
+    and its later users predict it themselves.
     """
 
     budget_bytes: int = DEFAULT_BUDGET_BYTES
@@ -63,11 +66,14 @@ class SharedPredictions:
     _running: dict[tuple[str, SharingKey], threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    _nbytes: int = 0
+
     @property
     def nbytes(self) -> int:
-        return sum(e.predictions.nbytes for e in self._entries.values())
+        """Bytes of predictions held."""
+        return self._nbytes
 
-    def claim(self, run: str, key: SharingKey) -> np.ndarray | bool:
+    def claim(self, run: str, key: SharingKey) -> Any:
         """The group's predictions if ready (counting this use); else True if the caller must predict and
         `publish` it, False if another thread is predicting it (then call `wait`)."""
         slot = (run, key)
@@ -80,12 +86,13 @@ class SharedPredictions:
             self._running[slot] = threading.Event()
             return True
 
-    def publish(self, run: str, key: SharingKey, predictions: np.ndarray, users: int) -> None:
-        """Store a claimed group for its `users - 1` other users and wake those waiting for it."""
+    def publish(self, run: str, key: SharingKey, payload: Any, users: int, nbytes: int | None = None) -> None:
+        """Store a claimed group (predictions, or crops of them) for its `users - 1` other users and wake those
+        waiting for it. `nbytes` defaults to ``payload.nbytes``."""
         slot = (run, key)
         with self._lock:
             if users > 1:
-                self._store(slot, _Entry(predictions, users - 1))
+                self._store(slot, _Entry(payload, payload.nbytes if nbytes is None else nbytes, users - 1))
             self._running.pop(slot).set()
 
     def abandon(self, run: str, key: SharingKey) -> None:
@@ -95,7 +102,7 @@ class SharedPredictions:
         if event is not None:
             event.set()
 
-    def wait(self, run: str, key: SharingKey) -> np.ndarray | None:
+    def wait(self, run: str, key: SharingKey) -> Any:
         """Wait for a group another thread is predicting; None if it is not available after all (failure or
         eviction), in which case the caller predicts it."""
         slot = (run, key)
@@ -109,27 +116,38 @@ class SharedPredictions:
                 return None
             event.wait()
 
-    def _use(self, slot: tuple[str, SharingKey], entry: _Entry) -> np.ndarray:
+    def _use(self, slot: tuple[str, SharingKey], entry: _Entry) -> Any:
         """Count one use of an entry, dropping it after the last (caller holds the lock)."""
         entry.remaining -= 1
         if entry.remaining <= 0:
-            del self._entries[slot]
-        return entry.predictions
+            self._drop(slot)
+        return entry.payload
+
+    def _drop(self, slot: tuple[str, SharingKey]) -> None:
+        self._nbytes -= self._entries.pop(slot).nbytes
 
     def _store(self, slot: tuple[str, SharingKey], entry: _Entry) -> None:
-        """Keep an entry within the budget, evicting the oldest (caller holds the lock)."""
-        if entry.predictions.nbytes > self.budget_bytes:
-            return
-        while self._entries and self.nbytes + entry.predictions.nbytes > self.budget_bytes:
-            del self._entries[next(iter(self._entries))]
-        self._entries[slot] = entry
+        """Keep an entry if it fits the budget (caller holds the lock).
+
+        A full store refuses new entries rather than evicting old ones: chunks run roughly row by row, so the
+        oldest entries (the bottom edges of the previous chunk row) are the ones needed soonest.
+        """
+        if self._nbytes + entry.nbytes <= self.budget_bytes:
+            self._entries[slot] = entry
+            self._nbytes += entry.nbytes
 
     def drop_run(self, run: str) -> None:
         """Forget every group of a finished run."""
         with self._lock:
             for slot in [s for s in self._entries if s[0] == run]:
-                del self._entries[slot]
+                self._drop(slot)
+
+
+def _budget_from_env() -> int:
+    """``GEODINO_SHARED_PATCH_MB`` overrides the default budget (0 turns sharing off)."""
+    value = os.environ.get("GEODINO_SHARED_PATCH_MB")
+    return DEFAULT_BUDGET_BYTES if value is None else int(float(value) * 2**20)
 
 
 #: The store of this process (each Dask worker process has its own).
-SHARED = SharedPredictions()
+SHARED = SharedPredictions(_budget_from_env())
