@@ -79,3 +79,14 @@ def test_threads_racing_for_groups_predict_each_once() -> None:
     assert sorted(computed) == [0, 1, 2]
     assert all(r == {0: 0.0, 1: 1.0, 2: 2.0} for r in results)
     assert store.nbytes == 0
+
+
+def test_local_schedulers_run_chunks_in_order() -> None:
+    """Row-major execution keeps the border patches waiting for the next chunk row few and small."""
+    from geodino.workflows.execution import run_tasks
+
+    for scheduler in ("sync", "threads"):
+        seen: list[int] = []
+        run_tasks(lambda item, _ctx, seen=seen: seen.append(item), list(range(23)), None, scheduler=scheduler,
+                  workers=1, progress=False)  # fmt: skip
+        assert seen == list(range(23))

@@ -33,7 +33,11 @@ def build_graph(func: Callable[[Any, Any], Any], items: Sequence[Any], context: 
     token = uuid.uuid4().hex[:8]
     shared = dask.delayed(context, name=f"{name}-context-{token}", traverse=False)
     task = dask.delayed(func, pure=False)
-    return [task(item, shared, dask_key_name=f"{name}-{token}-{i}") for i, item in enumerate(items)]
+    # Dask runs independent tasks in descending key order; zero-padded descending suffixes make that the items'
+    # order (row-major chunks: border patches shared with the next chunk row wait the shortest time).
+    n = len(items)
+    width = len(str(max(n - 1, 0)))
+    return [task(item, shared, dask_key_name=f"{name}-{token}-{n - 1 - i:0{width}d}") for i, item in enumerate(items)]
 
 
 def run_tasks(
