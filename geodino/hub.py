@@ -42,7 +42,6 @@ def build(
     """
     from geodino.models.checkpoint import load_backbone
     from geodino.models.config import ARCHS
-    from geodino.models.meta import BackboneMeta
     from geodino.models.vit import DinoVisionTransformer
 
     if name not in ARCHS:
@@ -50,13 +49,8 @@ def build(
     arch = ARCHS[name]
     if weights is not None:
         return load_backbone(weights, expect=name, pretraining=pretraining, **kwargs)
-    in_chans = kwargs.pop("in_chans", arch.in_chans)
-    arch = arch.replace(in_chans=in_chans)
-    bands = BackboneMeta.bands if in_chans == 3 else tuple(f"band{i + 1}" for i in range(in_chans))
-    meta = BackboneMeta(name=name, embed_dim=arch.embed_dim, depth=arch.depth, bands=bands)
-    if in_chans != 3:
-        meta = meta.replace(mean=(0.0,) * in_chans, std=(1.0,) * in_chans)
-    return DinoVisionTransformer(arch, meta=meta, **kwargs)
+    arch = arch.replace(in_chans=kwargs.pop("in_chans", arch.in_chans))
+    return DinoVisionTransformer(arch, **kwargs)
 
 
 def dinov3_vits16(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:

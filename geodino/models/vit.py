@@ -28,6 +28,17 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
+def _default_meta(cfg: VitConfig) -> BackboneMeta:
+    """Metadata of randomly initialised weights: RGB with web statistics, or N unnamed bands with identity ones."""
+    meta = BackboneMeta(
+        name=arch_name_for(cfg) or "custom", patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth
+    )
+    n = cfg.in_chans
+    if n == 3:
+        return meta
+    return meta.replace(bands=tuple(f"band{i + 1}" for i in range(n)), mean=(0.0,) * n, std=(1.0,) * n)
+
+
 class DinoVisionTransformer(nn.Module):
     """DINOv3 ViT: ``[cls, storage x4, patches]`` tokens, RoPE, LayerScale, K-bias mask, MLP or SwiGLU FFN.
 
@@ -71,13 +82,7 @@ class DinoVisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, drop_path_rate) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-5)
         self.local_cls_norm = nn.LayerNorm(cfg.embed_dim, eps=1e-5) if cfg.local_cls_norm else None
-        self.meta = meta or BackboneMeta(
-            name=arch_name_for(cfg) or "custom",
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            bands=tuple(f"band{i + 1}" for i in range(cfg.in_chans)) if cfg.in_chans != 3 else BackboneMeta.bands,
-        )
+        self.meta = meta or _default_meta(cfg)
         self.init_weights()
 
     @property
