@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from rasters import smooth_scene, write_raster
 
-from geodino.raster.blend import blend_patches, finalize, valid_to_output, window_weights
+from geodino.raster.blend import (
+    accumulate_patch,
+    argmax_channels,
+    blend_patches,
+    finalize,
+    valid_to_output,
+    window_weights,
+)
 from geodino.raster.normalize import Normalization, default_scale
 from geodino.raster.plan import PatchGrid, extract_patches, plan_chunks
 from geodino.raster.source import RasterSource, reflect_indices
@@ -151,6 +158,34 @@ def test_invalid_pixels_get_zero_weight() -> None:
     assert np.array_equal(finalize(acc, wsum), np.ones((1, 2, 2), dtype=np.float32))
 
 
+def test_patch_by_patch_accumulation_equals_batch_blend() -> None:
+    rng = np.random.default_rng(3)
+    preds = rng.normal(size=(5, 3, 8, 8)).astype(np.float32)
+    rows, cols = np.array([0, 0, 4, 4, 9]), np.array([0, 5, 0, 5, 9])
+    valid = rng.random((5, 8, 8)) > 0.2
+    canvas, weights = Window(2, 3, 10, 9), window_weights(8, "hann")
+    acc, wsum = blend_patches(preds, rows, cols, canvas, weights, valid)
+    acc2 = np.zeros_like(acc)
+    wsum2 = np.zeros_like(wsum)
+    for k in range(5):
+        accumulate_patch(acc2, wsum2, preds[k], int(rows[k]), int(cols[k]), canvas, weights, valid[k])
+    assert np.array_equal(acc, acc2) and np.array_equal(wsum, wsum2)
+    # finalize in place gives the same bytes and writes into the sums
+    expected = finalize(acc, wsum)
+    assert np.array_equal(finalize(acc2, wsum2, in_place=True), expected, equal_nan=True)
+    assert np.array_equal(acc2, expected, equal_nan=True)
+
+
+def test_argmax_channels_matches_numpy_with_ties() -> None:
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 4, size=(6, 40, 50)).astype(np.float32)  # many ties: the first maximum must win
+    assert np.array_equal(argmax_channels(values), np.argmax(values, axis=0).astype(np.uint8))
+    one = rng.random((1, 3, 3)).astype(np.float32)
+    assert argmax_channels(one).tolist() == [[0] * 3] * 3
+    with pytest.raises(ValueError, match="1 to 256"):
+        argmax_channels(np.zeros((257, 2, 2), np.float32))
+
+
 @pytest.mark.parametrize("kind", ["hann", "center", "uniform"])
 def test_window_weights_shape_and_positivity(kind: str) -> None:
     w = window_weights(14, kind, 7)  # type: ignore[arg-type]
@@ -201,6 +236,9 @@ def test_normalization() -> None:
     np.testing.assert_allclose(out[1, 0, 0], 5 / 255 / 2.0, rtol=1e-6)
     assert out[:, 1, 1].tolist() == [0.0, 0.0]
     assert np.isfinite(out).all()
+    raw = data.copy()
+    in_place = norm.apply(raw, valid, in_place=True)
+    assert in_place is raw and np.array_equal(in_place, out)  # same float32 bytes, no new buffer
     with pytest.raises(ValueError, match="C = 2 bands"):
         norm.apply(data[:1], valid)
     with pytest.raises(ValueError, match="> 0"):

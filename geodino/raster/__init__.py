@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from geodino.raster.blend import blend_patches, finalize, valid_to_output, window_weights
+from geodino.raster.blend import (
+    accumulate_patch,
+    argmax_channels,
+    blend_patches,
+    finalize,
+    valid_to_output,
+    window_weights,
+)
 from geodino.raster.normalize import Normalization, default_scale
 from geodino.raster.plan import (
     ChunkTask,
@@ -30,6 +37,8 @@ __all__ = [
     "RasterSource",
     "RasterSourceError",
     "Window",
+    "accumulate_patch",
+    "argmax_channels",
     "blend_patches",
     "chunk_grid_shape",
     "default_margin",

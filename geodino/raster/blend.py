@@ -14,7 +14,7 @@ import numpy as np
 
 from geodino.raster.windows import Window
 
-__all__ = ["blend_patches", "finalize", "valid_to_output", "window_weights"]
+__all__ = ["accumulate_patch", "argmax_channels", "blend_patches", "finalize", "valid_to_output", "window_weights"]
 
 WindowKind = Literal["hann", "center", "uniform"]
 
@@ -103,37 +103,96 @@ def blend_patches(
     acc = np.zeros((channels, canvas.height, canvas.width), dtype=np.float32)
     wsum = np.zeros((canvas.height, canvas.width), dtype=np.float32)
     for k in range(k_count):
-        inter = Window(int(rows[k]), int(cols[k]), p, p).intersection(canvas)
-        if inter is None:
-            continue
-        in_patch = inter.slices_in(Window(int(rows[k]), int(cols[k]), p, p))
-        in_canvas = inter.slices_in(canvas)
-        wk = w[in_patch]
-        contrib = wk * preds[k][(slice(None), *in_patch)].astype(np.float32, copy=False)
-        if valid is not None:
-            vk = valid[k][in_patch]
-            if not vk.all():  # most patches hold no nodata: skip the masking copies
-                wk = np.where(vk, wk, np.float32(0))
-                contrib = np.where(vk, contrib, np.float32(0))
-        acc[(slice(None), *in_canvas)] += contrib
-        wsum[in_canvas] += wk
+        accumulate_patch(
+            acc, wsum, preds[k], int(rows[k]), int(cols[k]), canvas, w, None if valid is None else valid[k]
+        )
     return acc, wsum
 
 
-def finalize(acc: np.ndarray, wsum: np.ndarray) -> np.ndarray:
+def accumulate_patch(
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    pred: np.ndarray,
+    row: int,
+    col: int,
+    canvas: Window,
+    weights: np.ndarray,
+    valid: np.ndarray | None = None,
+) -> None:
+    """Add one weighted patch prediction to a canvas's running sums, in place.
+
+    ``acc += w * pred`` and ``wsum += w`` over the patch's overlap with the canvas: the same float32 operations,
+    in the same order, as :func:`blend_patches` over a list of patches, with memory for one patch only.
+
+    Args:
+        acc: (C, h, w) float32 weighted sums over ``canvas`` (updated).
+        wsum: (h, w) float32 weight sums over ``canvas`` (updated).
+        pred: (C, p, p) prediction in OUTPUT pixels.
+        row: Global output-pixel row origin of the patch.
+        col: Global output-pixel column origin.
+        canvas: The output-pixel window ``acc`` and ``wsum`` cover.
+        weights: (p, p) float32 window.
+        valid: (p, p) bool, or None for all valid; invalid pixels get zero weight and their values are ignored.
+    """
+    p = pred.shape[-1]
+    footprint = Window(row, col, p, p)
+    inter = footprint.intersection(canvas)
+    if inter is None:
+        return
+    in_patch = inter.slices_in(footprint)
+    in_canvas = inter.slices_in(canvas)
+    wk = weights[in_patch]
+    contrib = wk * pred[(slice(None), *in_patch)].astype(np.float32, copy=False)
+    if valid is not None:
+        vk = valid[in_patch]
+        if not vk.all():  # most patches hold no nodata: skip the masking copies
+            wk = np.where(vk, wk, np.float32(0))
+            contrib = np.where(vk, contrib, np.float32(0))  # w * NaN would be NaN, not 0
+    acc[(slice(None), *in_canvas)] += contrib
+    wsum[in_canvas] += wk
+
+
+def finalize(acc: np.ndarray, wsum: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     """Divide accumulated predictions by their weights.
 
     Args:
         acc: (C, h, w) float32 weighted sums.
         wsum: (h, w) float32 weight sums.
+        in_place: Write the result into ``acc`` (saves a chunk-sized allocation when the sums are not needed
+            afterwards).
 
     Returns:
         (C, h, w) float32; NaN where ``wsum == 0`` (no valid input under the pixel).
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.divide(acc, wsum, dtype=np.float32)
-    out[:, wsum <= 0] = np.nan
+        out = np.divide(acc, wsum, out=acc) if in_place else np.divide(acc, wsum, dtype=np.float32)
+    empty = wsum <= 0
+    if empty.any():
+        out[:, empty] = np.nan
     return out
+
+
+def argmax_channels(values: np.ndarray) -> np.ndarray:
+    """Index of the largest channel per pixel, as ``np.argmax(values, axis=0)`` (first index on ties).
+
+    One pass per channel over contiguous planes, which is faster than numpy's strided argmax over axis 0.
+
+    Args:
+        values: (C, h, w) float array, 1 <= C <= 256.
+
+    Returns:
+        (h, w) uint8. Where a pixel holds NaN the index is unspecified (callers mask those pixels).
+    """
+    if not 1 <= values.shape[0] <= 256:
+        raise ValueError(f"argmax_channels needs 1 to 256 channels, got {values.shape[0]}")
+    best = values[0].copy()
+    index = np.zeros(values.shape[1:], dtype=np.uint8)
+    better = np.empty(values.shape[1:], dtype=bool)
+    for k in range(1, values.shape[0]):
+        np.greater(values[k], best, out=better)  # strict: the first of equal maxima wins, as in np.argmax
+        np.copyto(index, k, where=better)
+        np.maximum(best, values[k], out=best)
+    return index
 
 
 def valid_to_output(valid: np.ndarray, factor: int) -> np.ndarray:

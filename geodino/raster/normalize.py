@@ -60,13 +60,15 @@ class Normalization:
         """Number of bands C this normalisation expects."""
         return len(self.mean)
 
-    def apply(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def apply(self, data: np.ndarray, valid: np.ndarray, *, in_place: bool = False) -> np.ndarray:
         """Normalise raw values.
 
         Args:
             data: (C, h, w) raw values (float32 from :meth:`RasterSource.read`).
             valid: (h, w) bool; False pixels are set to 0.0 in every band, so nodata values (e.g. -3.4e38, NaN)
                 never reach a model.
+            in_place: Overwrite ``data`` (float32 only) instead of allocating the result: a chunk's raw window is
+                the largest buffer of a mapping task, and it is not needed afterwards.
 
         Returns:
             (C, h, w) float32.
@@ -82,7 +84,11 @@ class Normalization:
             raise ValueError(f"valid mask of shape {valid.shape} does not match data of shape {data.shape}")
         mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        out = data if in_place and data.dtype == np.float32 else None
         with np.errstate(over="ignore", invalid="ignore"):
-            out = (data.astype(np.float32, copy=False) * np.float32(self.scale) - mean) / std
+            # (x * scale - mean) / std in float32, one buffer, no temporaries.
+            out = np.multiply(data, np.float32(self.scale), out=out, dtype=np.float32)
+            out -= mean
+            out /= std
         out[:, ~valid] = 0.0
         return out
