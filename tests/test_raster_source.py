@@ -349,6 +349,34 @@ def test_pickle_round_trip(tif_u16: Path) -> None:
         clone.close()
 
 
+def test_reads_hold_gdal_block_cache_under_the_ceiling(tif_u16: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    from geodino.raster import source as source_module
+
+    seen: list[int] = []
+    original = RasterSource._read_members
+
+    def spy(self: RasterSource, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(int(get_gdal_config("GDAL_CACHEMAX")))
+        return original(self, window)
+
+    monkeypatch.setattr(RasterSource, "_read_members", spy)
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    before = int(get_gdal_config("GDAL_CACHEMAX"))
+    set_gdal_config("GDAL_CACHEMAX", 512 * 2**20)
+    try:
+        with RasterSource(tif_u16) as src:
+            src.read(Window(0, 0, 64, 64))
+            assert seen == [source_module.READ_CACHE_BYTES]  # lowered while reading...
+            assert int(get_gdal_config("GDAL_CACHEMAX")) == 512 * 2**20  # ...and restored after
+            monkeypatch.setenv("GDAL_CACHEMAX", "512")  # the user's own setting is left alone
+            src.read(Window(0, 0, 64, 64))
+            assert seen[-1] == 512 * 2**20
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)
+
+
 def test_threaded_reads_equal_serial(tif_u16: Path) -> None:
     windows = [Window(r, c, 64, 64) for r in range(-32, H, 48) for c in range(-32, W, 96)]
     with RasterSource(tif_u16) as src:

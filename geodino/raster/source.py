@@ -12,11 +12,12 @@ common grid, with an alpha band that carries validity.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,10 +37,47 @@ __all__ = ["RasterSource", "RasterSourceError", "reflect_indices"]
 PathLike = str | os.PathLike[str]
 _ALIGN_TOL = 1e-3  # pixels: how far a mosaic tile's origin may sit from the common grid
 _RES_TOL = 1e-6  # relative: how much two resolutions may differ and still count as equal
+#: Ceiling on GDAL's block cache while RasterSource reads, bytes. Each window is read once (neighbours re-read
+#: only their margins), so a large cache buys nothing, and GDAL's default (5% of RAM) makes a long run's memory
+#: grow with the raster's size up to that cap. Not applied when the user sets GDAL_CACHEMAX in the environment.
+READ_CACHE_BYTES = 32 * 2**20
 
 
 class RasterSourceError(ValueError):
     """An input raster that cannot be read as asked (the message names the file)."""
+
+
+class _CacheCeiling:
+    """Holds GDAL's process-wide block cache at or below a ceiling while any thread reads, then restores it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._saved: int | None = None  # the cache size to restore, when this lowered it
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        from rasterio.env import get_gdal_config, set_gdal_config
+
+        with self._lock:
+            self._readers += 1
+            if self._readers == 1 and "GDAL_CACHEMAX" not in os.environ:
+                current = int(get_gdal_config("GDAL_CACHEMAX"))
+                if current > self.limit:  # lowering also evicts blocks above the ceiling
+                    self._saved = current
+                    set_gdal_config("GDAL_CACHEMAX", self.limit)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if self._readers == 0 and self._saved is not None:
+                    set_gdal_config("GDAL_CACHEMAX", self._saved)
+                    self._saved = None
+
+
+_READ_CACHE = _CacheCeiling(READ_CACHE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -509,6 +547,10 @@ class RasterSource:
 
     def _read_grid(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Read a window lying inside the grid: every member's part, first valid member wins."""
+        with _READ_CACHE():
+            return self._read_members(window)
+
+    def _read_members(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         handles = self._handles()
         if len(self._members) == 1:
             return self._read_member(0, handles[0][1], window)
