@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import rioxarray  # noqa: F401
 import xarray as xr
+import zarr
 from affine import Affine
 from rasters import smooth_scene, write_raster
 
@@ -55,6 +56,9 @@ def test_reopened_store_has_source_crs_and_transform(scene: Path, tmp_path: Path
     assert (raw.classes.values[32:64, 96:144] == 255).all()
     with rasterio.open(scene) as src:
         assert ds.rio.crs == src.crs and ds.rio.transform() == src.transform
+    # Blosc LZ4 with byte shuffling (cheaper and smaller than zarr's default Zstandard on float maps).
+    codec = zarr.open_array(str(out), path="probabilities").compressors[0]
+    assert "lz4" in repr(codec).lower() and "shuffle" in repr(codec).lower()
 
 
 def test_gdal_reads_format_2(scene: Path, tmp_path: Path) -> None:

@@ -205,6 +205,7 @@ class ZarrSink:
                 "dtype": var.dtype,
                 "_FillValue": var.fill,
                 "grid_mapping": "spatial_ref",
+                "compressors": _compressors(zarr_format),
             }
         ds = xr.Dataset(data_vars, coords=coords)
         if crs is not None:
@@ -263,6 +264,21 @@ class ZarrSink:
     def mark_done(self, iy: int, ix: int) -> None:
         """Record chunk (iy, ix) as complete (after its data is on disk); each flag is its own Zarr chunk."""
         self._flags("r+")[iy, ix] = 1
+
+
+def _compressors(zarr_format: int) -> tuple[Any, ...]:
+    """Blosc LZ4 with byte shuffling for the data variables.
+
+    Measured on float32 class probabilities: about 1.4x smaller AND about 25% cheaper to write than zarr's default
+    Zstandard (which barely compresses unshuffled floats); GDAL (rasterio's 3.10 included) reads it in format 2.
+    """
+    if zarr_format == 2:
+        from numcodecs import Blosc
+
+        return (Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),)
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def _remove_store(path: Path) -> None:
