@@ -20,12 +20,13 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from geodino.raster.blend import blend_patches, finalize, valid_to_output, window_weights
+from geodino.raster.blend import accumulate_patch, argmax_channels, finalize, valid_to_output, window_weights
 from geodino.raster.normalize import Normalization
 from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chunks
 from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
-from geodino.workflows.execution import Scheduler, run_tasks
+from geodino.workflows.batching import PatchStream, batch_queue
+from geodino.workflows.execution import Scheduler, release_freed_memory, run_tasks
 from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
 from geodino.workflows.shared_patches import SHARED, SharingKey, chunks_of, sharing_key
 from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
@@ -139,8 +140,10 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
     """Blend the predictions of every patch touching a chunk's core.
 
     Patches that also touch other chunks go through :data:`~geodino.workflows.shared_patches.SHARED`: predicted
-    once per process by the first chunk that claims them, then handed to the others. Every patch is blended in
-    the global patch order, so the result does not depend on which chunk predicted what.
+    once per process by the first chunk that claims them, then handed to the others. Patches go to the model
+    through the process's :func:`~geodino.workflows.batching.batch_queue`, which fills batches across the chunks
+    running at once. Every patch is blended in the global patch order, so the result does not depend on which
+    chunk predicted what.
 
     Args:
         task: The chunk task (core in output pixels, read window and patch origins in input pixels).
@@ -152,7 +155,7 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
     """
     f, p = ctx.grid.factor, ctx.grid.patch
     raw, valid = ctx.source.read(task.read, fill="reflect")
-    data = ctx.normalization.apply(raw, valid)
+    data = ctx.normalization.apply(raw, valid, in_place=True)
     del raw
     local_rows, local_cols = task.local_origins()
     out_rows, out_cols = task.output_origins(f)
@@ -160,49 +163,60 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
     def footprint(k: int) -> tuple[slice, slice]:
         return slice(local_rows[k], local_rows[k] + p), slice(local_cols[k], local_cols[k] + p)
 
-    def predict(index: Sequence[int]) -> np.ndarray:
-        return ctx.predictor(np.stack([data[(slice(None), *footprint(k))] for k in index]))
+    def patch(k: int) -> np.ndarray:
+        return data[(slice(None), *footprint(k))]
 
     keep = [k for k in range(task.num_patches) if valid[footprint(k)].any()]
     interior, shared = _split_shared(keep, out_rows, out_cols, ctx)
     ready, claimed, waiting = _claim_groups(shared, ctx)
-    # One stream of fixed-size batches: the groups this chunk claimed first (to publish them early), then the rest.
-    stream = [k for key in claimed for k in shared[key]] + interior
-    batch, pos = ctx.predictor.batch_size, 0
+    queue = batch_queue(ctx.predictor)
+    # The groups this chunk claimed first (to publish them early), then its own patches, in blending order.
+    stream = PatchStream(queue, [k for key in claimed for k in shared[key]] + interior, patch)
+    with queue.client():
+        try:
+            _publish_claimed(claimed, shared, stream, ready, (out_rows, out_cols), task, ctx)
+            fallback = 0
+            for key in waiting:  # predicted by other threads; only now, holding no claim, wait for them
+                with queue.idle():
+                    crops = SHARED.wait(ctx.run, key)
+                if crops is None:  # its claimant failed: predict it here
+                    ready.update(zip(shared[key], queue.predict([patch(k) for k in shared[key]]), strict=True))
+                    fallback += len(shared[key])
+                else:
+                    pairs = zip(shared[key], crops, strict=True)
+                    ready.update((k, _uncrop(crop, ctx.grid.out_patch)) for k, crop in pairs)
+            acc = np.zeros((ctx.predictor.out_channels, *task.core.shape), dtype=np.float32)
+            wsum = np.zeros(task.core.shape, dtype=np.float32)
+            for k in keep:  # global patch order
+                pred = ready.pop(k) if k in ready else stream.get(k)
+                mask = valid_to_output(valid[footprint(k)], f)
+                accumulate_patch(acc, wsum, pred, int(out_rows[k]), int(out_cols[k]), task.core, ctx.weights, mask)
+        finally:
+            stream.close()
+    return finalize(acc, wsum, in_place=True), stream.submitted + fallback
 
-    def predict_next() -> None:
-        nonlocal pos
-        index = stream[pos : pos + batch]
-        pos += len(index)
-        ready.update(zip(index, predict(index), strict=True))
 
+def _publish_claimed(
+    claimed: list[SharingKey],
+    shared: dict[SharingKey, list[int]],
+    stream: PatchStream,
+    ready: dict[int, np.ndarray],
+    origins: tuple[np.ndarray, np.ndarray],
+    task: ChunkTask,
+    ctx: ChunkContext,
+) -> None:
+    """Predict each claimed group and publish the parts its other pending chunks blend (abandon all on failure)."""
+    out_rows, out_cols = origins
     try:
-        while pos < len(stream) - len(interior):
-            predict_next()
         for key in claimed:
+            ready.update((k, stream.get(k)) for k in shared[key])
             others = [c for c in chunks_of(key) if c in ctx.pending and c != (task.iy, task.ix)]
             crops = [_crop_for(ready[k], int(out_rows[k]), int(out_cols[k]), others, ctx) for k in shared[key]]
             SHARED.publish(ctx.run, key, crops, 1 + len(others), nbytes=sum(c[0].nbytes for c in crops))
     except BaseException:
-        for key in claimed:
+        for key in claimed:  # a no-op for the groups already published
             SHARED.abandon(ctx.run, key)
         raise
-    fallback = 0
-    for key in waiting:  # predicted by other threads; only now, holding no claim, wait for them
-        crops = SHARED.wait(ctx.run, key)
-        if crops is None:
-            ready.update(zip(shared[key], predict(shared[key]), strict=True))
-            fallback += len(shared[key])
-        else:
-            ready.update((k, _uncrop(crop, ctx.grid.out_patch)) for k, crop in zip(shared[key], crops, strict=True))
-    acc = np.zeros((ctx.predictor.out_channels, *task.core.shape), dtype=np.float32)
-    wsum = np.zeros(task.core.shape, dtype=np.float32)
-    for k in keep:  # global patch order
-        if k not in ready:
-            predict_next()
-        mask = valid_to_output(valid[footprint(k)], f)
-        _accumulate(acc, wsum, ready.pop(k), mask, int(out_rows[k]), int(out_cols[k]), task.core, ctx)
-    return finalize(acc, wsum), pos + fallback
 
 
 def _claim_groups(
@@ -250,31 +264,6 @@ def _uncrop(crop: Crop, patch: int) -> np.ndarray:
     return full
 
 
-def _accumulate(
-    acc: np.ndarray,
-    wsum: np.ndarray,
-    pred: np.ndarray,
-    valid: np.ndarray,
-    row: int,
-    col: int,
-    core: Window,
-    ctx: ChunkContext,
-) -> None:
-    """Add one patch's weighted prediction to the chunk accumulators, in place.
-
-    The patch is blended over its own overlap with the core (``0 + w * pred`` is exact), then added to the running
-    sums: the same float32 sequence as blending every patch of the chunk at once, with memory for one patch only.
-    """
-    po = pred.shape[-1]
-    canvas = Window(row, col, po, po).intersection(core)
-    if canvas is None:
-        return
-    part_acc, part_w = blend_patches(pred[None], np.array([row]), np.array([col]), canvas, ctx.weights, valid[None])
-    rows, cols = canvas.slices_in(core)
-    acc[:, rows, cols] += part_acc
-    wsum[rows, cols] += part_w
-
-
 def chunk_outputs(values: np.ndarray, outputs: Sequence[str], kind: str) -> dict[str, np.ndarray]:
     """The arrays to store for one chunk.
 
@@ -291,7 +280,7 @@ def chunk_outputs(values: np.ndarray, outputs: Sequence[str], kind: str) -> dict
     for name in outputs:
         if name == "classes":
             # finalize() sets every channel of a pixel to NaN together, so channel 0 tells where nodata is.
-            classes = np.argmax(values, axis=0).astype(np.uint8)
+            classes = argmax_channels(values)
             classes[np.isnan(values[0])] = CLASS_NODATA
             arrays[name] = classes
         else:
@@ -308,6 +297,8 @@ def run_chunk(task: ChunkTask, ctx: ChunkContext) -> int:
     values, patches = predict_chunk(task, ctx)
     ctx.sink.write(task.core, chunk_outputs(values, ctx.outputs, ctx.predictor.kind))
     ctx.sink.mark_done(task.iy, task.ix)
+    del values
+    release_freed_memory()
     return patches
 
 

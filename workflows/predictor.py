@@ -189,8 +189,11 @@ def _device_gate(device: str) -> threading.Semaphore:
 
 def clear_model_cache() -> None:
     """Forget every model built in this process (tests, or to free memory after a job)."""
+    from geodino.workflows.batching import clear_batch_queues
+
     with _CACHE_LOCK:
         _CACHE.clear()
+    clear_batch_queues()
 
 
 def default_device() -> str:
