@@ -60,6 +60,31 @@ def test_embed_command(app: typer.Typer, scene: Path, tmp_path: Path) -> None:
     assert xr.open_zarr(out).embedding.shape == (64, 8, 10)
 
 
+def test_embed_pretraining_sets_normalisation_of_meta_checkpoints(
+    app: typer.Typer, scene: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from geodino import hub
+    from geodino.models.meta import SAT_MEAN, WEB_MEAN
+    from geodino.workflows.sink import read_fingerprint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "dinov3_vit_test_pretrain.pth"  # a Meta-style state dict: it does not say what it saw
+    torch.save(hub.dinov3_vit_test(weights=None).state_dict(), ckpt)
+    means = {}
+    for tag in ("sat493m", None):
+        out = tmp_path / f"{tag}.zarr"
+        args = ["embed", str(scene), "--backbone", str(ckpt), "--out", str(out), "--no-progress"]
+        result = CliRunner().invoke(app, [*args, *(["--pretraining", tag] if tag else [])])
+        assert result.exit_code == 0, result.output
+        means[tag] = read_fingerprint(out)["normalization"][1]
+    assert means["sat493m"] == pytest.approx(SAT_MEAN) and means[None] == pytest.approx(WEB_MEAN)
+    bad = CliRunner().invoke(app, ["embed", str(scene), "--backbone", "test", "--out", str(tmp_path / "x.zarr"),
+                                   "--pretraining", "sat493m"])  # fmt: skip
+    assert bad.exit_code == 2 and "applies to checkpoint files" in bad.output
+
+
 def test_wrong_band_count_is_a_clean_error(app: typer.Typer, scene: Path, tmp_path: Path) -> None:
     args = ["map", str(scene), "--model", "model_factories:one_band", "--out", str(tmp_path / "o.zarr")]
     result = CliRunner().invoke(app, args)

@@ -153,6 +153,13 @@ def embed_command(
     inputs: Annotated[list[Path], _INPUTS],
     backbone: Annotated[str, typer.Option(help="Backbone checkpoint path, or a hub name: test, vits16, vitl16...")],
     out: Annotated[Path, typer.Option(help="Output Zarr store.")],
+    pretraining: Annotated[
+        str | None,
+        typer.Option(
+            help="sat493m or lvd1689m: what the checkpoint was pretrained on, for files that do not say "
+            "(Meta's .pth files other than the SAT-493M ViT-L). Sets the input normalisation."
+        ),
+    ] = None,
     tile: Tile = None,
     overlap: Overlap = None,
     chunk: Chunk = None,
@@ -179,7 +186,7 @@ def embed_command(
         allow_no_crs, target_crs, target_resolution, blend, storage_dtype, device, progress,
     )  # fmt: skip
     try:
-        ds = embed_raster([str(p) for p in inputs], backbone, out, **options)
+        ds = embed_raster([str(p) for p in inputs], backbone, out, pretraining=pretraining, **options)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
     typer.echo(f"wrote {out}: embedding {tuple(ds['embedding'].shape)}")

@@ -507,6 +507,8 @@ def embed_raster(
     inputs: str | Path | Sequence[str | Path],
     backbone: Any,
     out: str | Path,
+    *,
+    pretraining: str | None = None,
     **kwargs: Any,
 ) -> xr.Dataset:
     """Backbone patch embeddings of a raster, at patch resolution (a transform ``patch_size`` times coarser).
@@ -515,13 +517,18 @@ def embed_raster(
         inputs: One raster or several tiles of one mosaic.
         backbone: A backbone module (with ``.meta``), a hub name ("test", "vits16"...) or a checkpoint path.
         out: Output store.
+        pretraining: "sat493m" or "lvd1689m" for a checkpoint that cannot tell (Meta's .pth files other than the
+            SAT-493M ViT-L): picks the normalisation the weights were trained with.
         **kwargs: As :func:`map_raster` (tile, overlap, chunk, batch_size, bands, scheduler, resume...).
 
     Returns:
         The store opened lazily; variable ``embedding`` (feature, y, x).
     """
     predictor = from_backbone(
-        backbone, batch_size=kwargs.pop("batch_size", None) or 8, device=kwargs.pop("device", None)
+        backbone,
+        batch_size=kwargs.pop("batch_size", None) or 8,
+        device=kwargs.pop("device", None),
+        pretraining=pretraining,
     )
     return map_raster(inputs, predictor, out, batch_size=predictor.batch_size, device=predictor.device, **kwargs)
 

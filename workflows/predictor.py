@@ -134,13 +134,14 @@ class BackboneLoader:
     """Builds a backbone (hub name such as "test"/"vits16", or a checkpoint path) wrapped as an embedder."""
 
     source: str
+    pretraining: str | None = None  # "sat493m" / "lvd1689m" for checkpoints that cannot tell
 
     @property
     def key(self) -> str:
-        return f"backbone:{self.source}"
+        return f"backbone:{self.source}" + (f":{self.pretraining}" if self.pretraining else "")
 
     def __call__(self) -> Any:
-        return EmbeddingModel(load_backbone_source(self.source))
+        return EmbeddingModel(load_backbone_source(self.source, pretraining=self.pretraining))
 
 
 @dataclass(frozen=True, eq=False)
@@ -487,8 +488,13 @@ def backbone_info(meta: Any) -> PredictorInfo:
     )
 
 
-def load_backbone_source(source: str) -> torch.nn.Module:
+def load_backbone_source(source: str, *, pretraining: str | None = None) -> torch.nn.Module:
     """A backbone from a hub name ("test", "vits16", "dinov3_vitl16"...) or a checkpoint path.
+
+    Args:
+        source: Checkpoint path or hub name.
+        pretraining: "sat493m" or "lvd1689m": the weights' pretraining data (mean/std, GSD) where the checkpoint
+            cannot tell (Meta's .pth files, except the SAT-493M ViT-L); see :func:`geodino.load_backbone`.
 
     Raises:
         ValueError: If the name is neither a file nor a known hub constructor.
@@ -496,7 +502,9 @@ def load_backbone_source(source: str) -> torch.nn.Module:
     if Path(source).exists():
         import geodino
 
-        return geodino.load_backbone(source)
+        return geodino.load_backbone(source, pretraining=pretraining)
+    if pretraining is not None:
+        raise ValueError(f"pretraining={pretraining!r} applies to checkpoint files; {source!r} is not a file")
     from geodino import hub
 
     name = source if source.startswith("dinov3_") else f"dinov3_{source}"
@@ -511,16 +519,25 @@ def load_backbone_source(source: str) -> torch.nn.Module:
         return constructor(weights=None)
 
 
-def from_backbone(backbone: torch.nn.Module | str, *, batch_size: int = 8, device: str | None = None) -> Predictor:
+def from_backbone(
+    backbone: torch.nn.Module | str,
+    *,
+    batch_size: int = 8,
+    device: str | None = None,
+    pretraining: str | None = None,
+) -> Predictor:
     """An embedding Predictor: patch tokens after the final norm, f = patch size, mean/std from ``meta``.
 
     Args:
         backbone: A backbone module (with ``.meta``), a hub name ("test", "vits16") or a checkpoint path.
         batch_size: Patches per forward pass.
         device: torch device, or None for automatic.
+        pretraining: For checkpoint paths: "sat493m" or "lvd1689m" where the file cannot tell.
     """
+    if pretraining is not None and not isinstance(backbone, str):
+        raise ValueError("pretraining= applies to checkpoint paths; a loaded backbone already carries its .meta")
     if isinstance(backbone, str):
-        loader: Callable[[], Any] = BackboneLoader(backbone)
+        loader: Callable[[], Any] = BackboneLoader(backbone, pretraining)
         module = loader()
     else:
         module = EmbeddingModel(backbone)
