@@ -32,7 +32,7 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 
 from geodino.raster.windows import Window
 
-__all__ = ["RasterSource", "RasterSourceError", "reflect_indices"]
+__all__ = ["RasterSource", "RasterSourceError", "reflect_indices", "resolve_bands"]
 
 PathLike = str | os.PathLike[str]
 _ALIGN_TOL = 1e-3  # pixels: how far a mosaic tile's origin may sit from the common grid
@@ -130,8 +130,19 @@ def _band_token(name: str) -> str | None:
     return f"b{int(match.group(1))}{match.group(2)}" if match else None
 
 
-def _resolve_bands(spec: Sequence[int | str], names: tuple[str, ...], path: str) -> list[int]:
-    """1-based band indexes for a list of indexes and/or band names."""
+def resolve_bands(spec: Sequence[int | str], names: tuple[str, ...], path: str) -> list[int]:
+    """1-based band indexes for a list of indexes and/or band names.
+
+    Names match a file's band descriptions case-insensitively, or by band token ("B04" matches "B4 (red)").
+
+    Args:
+        spec: 1-based indexes and/or names.
+        names: The file's band names, in band order.
+        path: The file, named in errors.
+
+    Raises:
+        ValueError: On an index out of range, an unknown name, or an empty selection.
+    """
     count = len(names)
     out: list[int] = []
     for item in spec:
@@ -279,7 +290,7 @@ class RasterSource:
         else:
             if isinstance(bands, str | int):
                 bands = [bands]
-            self._bands = _resolve_bands(bands, self._all_names, self._paths[0])
+            self._bands = resolve_bands(bands, self._all_names, self._paths[0])
         self._dtype = np.result_type(*[np.dtype(first.dtypes[b - 1]) for b in self._bands])
         self._file_nodata = first.nodata
         # Per band: does a mask need reading? (GDAL mask flags: nodata value, alpha band, per-dataset mask.)

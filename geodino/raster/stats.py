@@ -13,7 +13,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 
 from geodino.raster.normalize import default_scale
-from geodino.raster.source import RasterSourceError, _resolve_bands
+from geodino.raster.source import RasterSourceError, resolve_bands
 
 __all__ = ["band_statistics", "decimated_shape"]
 
@@ -93,7 +93,7 @@ def band_statistics(
     try:
         with rasterio.open(path) as ds:
             names = tuple(d or f"band{i + 1}" for i, d in enumerate(ds.descriptions))
-            indexes = _resolve_bands(list(bands) if bands is not None else list(range(1, ds.count + 1)), names, path)
+            indexes = resolve_bands(list(bands) if bands is not None else list(range(1, ds.count + 1)), names, path)
             factor = _scale(ds, indexes, path) if scale is None else float(scale)
             data, valid = _read(ds, indexes, decimated_shape(ds.height, ds.width, max_pixels))
     except RasterioError as exc:
