@@ -125,3 +125,21 @@ def test_waiting_on_cancelled_items_fails_instead_of_hanging() -> None:
     queue.cancel(items)
     with pytest.raises(RuntimeError, match="cancelled"):
         queue.results(items)
+
+
+def test_one_queue_per_model_device_batch_size_and_metadata() -> None:
+    from torch import nn
+
+    from geodino.workflows.batching import batch_queue, clear_batch_queues
+    from geodino.workflows.predictor import PredictorInfo, from_callable
+
+    model = nn.Conv2d(3, 2, 1)
+    info = PredictorInfo(in_bands=3, out_channels=2, kind="classification")
+    logits = PredictorInfo(in_bands=3, out_channels=2, kind="classification", activation="none")
+    first = from_callable(model, info, batch_size=4, device="cpu")
+    try:
+        assert batch_queue(first) is batch_queue(from_callable(model, info, batch_size=4, device="cpu"))
+        assert batch_queue(first) is not batch_queue(from_callable(model, info, batch_size=2, device="cpu"))
+        assert batch_queue(first) is not batch_queue(from_callable(model, logits, batch_size=4, device="cpu"))
+    finally:
+        clear_batch_queues()

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -231,17 +232,21 @@ class PatchStream:
         self.submitted = end
 
 
-_QUEUES: dict[tuple[str, str, int], BatchQueue] = {}
+_QUEUES: dict[tuple[Any, ...], BatchQueue] = {}
 _QUEUES_LOCK = threading.Lock()
 
 
-def batch_queue(predictor: object) -> BatchQueue:
-    """This process's queue for a Predictor (one per model key, device and batch size)."""
-    key = (predictor.key, predictor.device, predictor.batch_size)  # type: ignore[attr-defined]
+def batch_queue(predictor: Any) -> BatchQueue:
+    """This process's queue for a Predictor: one per model key, device, batch size and metadata.
+
+    The metadata is part of the key because it changes what a forward pass returns (the output activation, for
+    one): the same weights mapped once as logits and once as probabilities must not share a queue.
+    """
+    key = (predictor.key, predictor.device, predictor.batch_size, predictor.info)
     with _QUEUES_LOCK:
         queue = _QUEUES.get(key)
         if queue is None:
-            queue = _QUEUES[key] = BatchQueue(predictor, predictor.batch_size)  # type: ignore[arg-type, attr-defined]
+            queue = _QUEUES[key] = BatchQueue(predictor, predictor.batch_size)
         return queue
 
 
