@@ -139,7 +139,7 @@ class BatchQueue:
                 continue
             if not any(item in self._queue for item in items if not item.done):
                 raise RuntimeError("waiting for patches that were cancelled (PatchStream.close while in use?)")
-            if len(self._queue) < self.batch_size and not self._may_run_partial(items, deadline):
+            if len(self._queue) < self.batch_size and not self._may_run_partial(deadline):
                 if deadline is None:
                     deadline = time.monotonic() + self._linger()
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
@@ -159,14 +159,12 @@ class BatchQueue:
             return self._linger_s
         return max(MIN_LINGER_S, LINGER_BATCHES * self._last_batch_s)
 
-    def _may_run_partial(self, items: list[_Item], deadline: float | None) -> bool:
-        """A short batch may run: nobody can add patches now, or we lingered long enough for ours."""
-        if not self._queue:
-            return False
+    def _may_run_partial(self, deadline: float | None) -> bool:
+        """A short batch (holding some of the caller's patches) may run: nobody can add patches now, or the
+        caller lingered long enough."""
         if self._idle >= self._clients:
             return True
-        ours_queued = any(not item.done and item in self._queue for item in items)
-        return ours_queued and deadline is not None and time.monotonic() >= deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     # ------------------------------------------------------------------------------------------------------------
 

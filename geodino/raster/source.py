@@ -26,6 +26,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
@@ -58,8 +59,6 @@ class _CacheCeiling:
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[None]:
-        from rasterio.env import get_gdal_config, set_gdal_config
-
         with self._lock:
             self._readers += 1
             if self._readers == 1 and "GDAL_CACHEMAX" not in os.environ:
