@@ -44,8 +44,14 @@ def chm(tmp_path):
     return backbone, head_file
 
 
+# The full CHMv2 head costs ~50 GFLOP per 256x256 forward: the padded case runs always, the two others as slow.
 @pytest.mark.parametrize(
-    ("size", "padded_out"), [((256, 256), (256, 256)), ((250, 241), (256, 256)), ((240, 320), (256, 320))]
+    ("size", "padded_out"),
+    [
+        pytest.param((256, 256), (256, 256), marks=pytest.mark.slow),
+        ((250, 241), (256, 256)),
+        pytest.param((240, 320), (256, 320), marks=pytest.mark.slow),
+    ],
 )
 def test_output_rule_against_the_reference_path(chm, size, padded_out) -> None:
     backbone, head_file = chm
@@ -67,7 +73,7 @@ def test_output_rule_against_the_reference_path(chm, size, padded_out) -> None:
     assert torch.equal(out, resized[..., top : top + H, left : left + W])
     if size == (256, 256):
         assert torch.equal(out, raw)  # sides multiples of 32: identical to the reference
-    assert 0.0 < out.min() and out.max() <= 96.0
+    assert out.min() > 0.0 and out.max() <= 96.0
 
 
 def test_uncertainty_channel(chm) -> None:
