@@ -145,3 +145,16 @@ def test_vitl_chmv2_from_renamed_files(tmp_path) -> None:
         out = model(torch.randn(1, 3, 250, 241))
     assert out.shape == (1, 1, 250, 241) and out.dtype == torch.float32
     print(f"ViT-L CHMv2 build + save + load + forward: {time.perf_counter() - start:.1f} s")
+
+
+def test_chmv2_head_config_rebuilds_it() -> None:
+    import json
+
+    from geodino.heads.base import head_from_config
+
+    head = chmv2_head(64, layers=[0, 1, 2, 3], uncertainty=True)
+    config = json.loads(json.dumps(head.config()))  # plain JSON: what a saved model can store
+    again = head_from_config(head.describe()["head_class"], config)
+    assert again.describe() == head.describe()
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in head.state_dict().items()}
+    assert again.bins == head.bins and again.uncertainty
