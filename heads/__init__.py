@@ -15,10 +15,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from geodino.heads.base import DenseHead, HeadError, head_from_config
     from geodino.heads.bins import BinsConfig
     from geodino.heads.chmv2 import build_chmv2, chmv2_head, load_chmv2
-    from geodino.heads.dpt import DPTHead
-    from geodino.heads.linear import LinearHead
+    from geodino.heads.dpt import DPTHead, dpt_head
+    from geodino.heads.linear import LinearHead, linear_head
     from geodino.heads.model import DenseModel
-    from geodino.heads.smp import SmpHead
+    from geodino.heads.smp import SmpHead, smp_head
 
 _LAZY = {
     "DenseHead": "geodino.heads.base",
@@ -29,9 +29,12 @@ _LAZY = {
     "chmv2_head": "geodino.heads.chmv2",
     "load_chmv2": "geodino.heads.chmv2",
     "DPTHead": "geodino.heads.dpt",
+    "dpt_head": "geodino.heads.dpt",
     "LinearHead": "geodino.heads.linear",
+    "linear_head": "geodino.heads.linear",
     "DenseModel": "geodino.heads.model",
     "SmpHead": "geodino.heads.smp",
+    "smp_head": "geodino.heads.smp",
 }
 
 __all__ = [
@@ -44,8 +47,11 @@ __all__ = [
     "SmpHead",
     "build_chmv2",
     "chmv2_head",
+    "dpt_head",
     "head_from_config",
+    "linear_head",
     "load_chmv2",
+    "smp_head",
 ]
 
 

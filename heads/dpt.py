@@ -235,3 +235,10 @@ def check_dpt_state_dict(head: DPTHead, sd: Mapping[str, Tensor], source: str) -
 def _arch_for_width(width: int) -> str:
     names = {384: "ViT-S/16 or S+/16", 768: "ViT-B/16", 1024: "ViT-L/16", 1280: "ViT-H+/16", 4096: "ViT-7B/16"}
     return names.get(width, "an unknown backbone")
+
+
+def dpt_head(backbone: Any, layers: Any = "four_even", **kwargs: Any) -> DPTHead:
+    """A `DPTHead` for `backbone`, reading the named layer set (or four indices) `layers`."""
+    from geodino.heads.features import resolve_layers
+
+    return DPTHead(backbone.embed_dim, resolve_layers(backbone, layers), **kwargs)

@@ -95,3 +95,11 @@ class LinearHead(DenseHead):
         if size is not None and logits.shape[-2:] != tuple(size):
             logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
         return self.finish(logits, return_uncertainty)
+
+
+def linear_head(backbone: Any, layers: Any = "last", **kwargs: Any) -> LinearHead:
+    """A `LinearHead` for `backbone`, reading the named layer set (or indices) `layers` (default: the last block)."""
+    from geodino.heads.features import resolve_layers
+
+    take = resolve_layers(backbone, layers)
+    return LinearHead([backbone.embed_dim] * len(take), take, **kwargs)

@@ -158,3 +158,16 @@ def test_chmv2_head_config_rebuilds_it() -> None:
     assert again.describe() == head.describe()
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in head.state_dict().items()}
     assert again.bins == head.bins and again.uncertainty
+
+
+def test_hub_refuses_swapped_or_wrong_size_files(tmp_path) -> None:
+    import geodino.hub
+    from geodino.models.checkpoint import CheckpointError
+
+    head_file, tiny_file = tmp_path / "a.pth", tmp_path / "b.pth"
+    seeded_head_file(head_file, embed_dim=1024)
+    torch.save(make_tiny_backbone(local_cls_norm=True).state_dict(), tiny_file)
+    with pytest.raises(CheckpointError, match=r"a\.pth: not a DINOv3 backbone checkpoint"):
+        geodino.hub.dinov3_vitl16_chmv2(weights=tiny_file, backbone_weights=head_file)
+    with pytest.raises(CheckpointError, match=r"b\.pth: expected a dinov3_vitl16 checkpoint"):
+        geodino.hub.dinov3_vitl16_chmv2(weights=head_file, backbone_weights=tiny_file)

@@ -121,3 +121,13 @@ def test_bad_configurations() -> None:
         LinearHead(64, [3], kind="regression", uncertainty=True)
     with pytest.raises(HeadError, match="reads features 32 wide"):
         DenseModel(make_tiny_backbone(), LinearHead(32, [3]))
+
+
+def test_builders_resolve_named_layer_sets() -> None:
+    import geodino.heads as gh
+
+    backbone = make_tiny_backbone()
+    assert gh.linear_head(backbone, out_channels=2).layers == [3]
+    assert gh.linear_head(backbone, "last_four", out_channels=2).embed_dims == [64] * 4
+    assert gh.dpt_head(backbone, kind="regression", out_channels=1).layers == [0, 1, 2, 3]
+    assert gh.smp_head(backbone, "fpn", decoder_options={"segmentation_channels": 32}).layers == [0, 1, 2, 3]
