@@ -79,3 +79,17 @@ def test_forward_intermediates_matches_timm() -> None:
 def test_bad_output_format(tiny_backbone) -> None:
     with pytest.raises(ValueError, match="output_fmt"):
         tiny_backbone.forward_intermediates(torch.randn(1, 3, 32, 32), output_fmt="NHWC")
+
+
+def test_intermediates_only_stops_after_the_deepest_block(tiny_backbone) -> None:
+    calls = []
+    hooks = [b.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n, b in enumerate(tiny_backbone.blocks)]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        tiny_backbone.forward_intermediates(x, [1], intermediates_only=True)
+        assert calls == [0, 1]
+        calls.clear()
+        final, _ = tiny_backbone.forward_intermediates(x, [1])
+        assert calls == [0, 1, 2, 3] and final.shape == (1, 5 + 4, 64)
+    for h in hooks:
+        h.remove()
