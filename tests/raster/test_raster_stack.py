@@ -192,8 +192,10 @@ def test_mosaic_of_stacks(tmp_path: Path) -> None:
                       for k in range(2)])  # fmt: skip
         stacked.append(write_raster(tmp_path / f"t{j}.tif", part, transform=t, nodata=0))
     with RasterSource(tiles) as mosaic, RasterSource(stacked) as reference:
-        assert mosaic.stack and mosaic.band_names == ("B02", "B03") and mosaic.tiles == tuple(
-            tuple(str(p) for p in t) for t in tiles
+        assert (
+            mosaic.stack
+            and mosaic.band_names == ("B02", "B03")
+            and mosaic.tiles == tuple(tuple(str(p) for p in t) for t in tiles)
         )
         assert (mosaic.height, mosaic.width) == (H, W)
         _assert_same_reads(mosaic, reference)
