@@ -889,21 +889,24 @@ class RasterSource:
         stays cheap; larger files without overviews are not checked here (an all-NaN output says it later).
         In a mosaic every tile must be empty to warn; in a stack, one empty file empties the stack.
         """
-        empty_by_tile: dict[int, list[str]] = {}
-        checked_tiles: set[int] = set()
-        for ds, member in zip(datasets, self._members, strict=True):
-            verdict = _sample_is_empty(ds, list(member.bands), self._nodata_override)
-            if verdict is None:
-                continue
-            checked_tiles.add(member.tile)
-            if verdict:
-                empty_by_tile.setdefault(member.tile, []).append(member.path)
-        if checked_tiles and len(empty_by_tile) == len(self._tiles):
-            files = [p for t in sorted(empty_by_tile) for p in empty_by_tile[t]]
-            shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        empty: list[str] = []
+        for members in self._tile_members:
+            verdicts = [
+                (
+                    self._members[i].path,
+                    _sample_is_empty(datasets[i], list(self._members[i].bands), self._nodata_override),
+                )
+                for i in members
+            ]
+            hits = [path for path, verdict in verdicts if verdict]
+            if not hits:
+                return  # this tile holds data, or could not be checked cheaply: no verdict on the whole
+            empty.extend(hits)
+        if empty:
+            shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
             warnings.warn(
-                f"{shown}: no valid pixel found in the bands read (every sampled pixel is nodata "
-                f"{self.nodata if self.nodata is not None else ''}, masked or NaN): the output will be empty (NaN)",
+                f"{shown}: no valid pixel found in the bands read (every sampled pixel is nodata, masked or NaN): "
+                "the output will be empty (NaN)",
                 RasterSourceWarning,
                 stacklevel=4,
             )
@@ -1013,16 +1016,17 @@ class RasterSource:
 
         Returns:
             Keys ``tiles`` (list of lists of paths), ``stack``, ``bands`` (1-based), ``band_names``,
-            ``band_files`` (the file each selected band comes from, per tile of the first), ``resampled``
+            ``band_files`` / ``file_bands`` (the file each selected band comes from, in the first tile, and its
+            1-based index there), ``resampled``
             (files brought onto the grid by a warp), ``resampling``, ``complex_mode``, ``notes`` (what a reader
             should know, e.g. complex values read as magnitude), ``shape``, ``transform`` (affine order), ``crs``
             (WKT or None), ``nodata``.
         """
-        band_files = [""] * self.count
+        band_files, file_bands = [""] * self.count, [0] * self.count
         for m in self._members:
             if m.tile == 0:
-                for c in m.channels:
-                    band_files[c] = m.path
+                for c, b in zip(m.channels, m.bands, strict=True):
+                    band_files[c], file_bands[c] = m.path, b
         notes = []
         if self._complex:
             notes.append("complex values read as their magnitude |z|")
@@ -1035,6 +1039,7 @@ class RasterSource:
             "bands": list(self._bands),
             "band_names": list(self.band_names),
             "band_files": band_files,
+            "file_bands": file_bands,
             "resampled": resampled,
             "resampling": self._resampling,
             "complex_mode": self._complex_mode,

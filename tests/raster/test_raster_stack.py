@@ -234,3 +234,36 @@ def test_bigearthnet_patch_onto_the_10m_grid() -> None:
             assert np.array_equal(data[i], up), f.name  # nearest: each coarse pixel over factor x factor
     with RasterSource(files, stack=True, bands=["B04", "B03", "B02"]) as rgb:  # all 10 m: read as they are
         assert rgb.describe()["resampled"] == [] and rgb.transform == t10
+
+
+def test_band_statistics_of_a_stack(bands_u16: tuple[list[Path], Path, np.ndarray], tmp_path: Path) -> None:
+    from geodino.raster.stats import band_statistics
+
+    paths, stacked, scene = bands_u16
+    for max_pixels in (10**6, 1000):  # whole and decimated: the same pixels as the stacked file's
+        assert band_statistics(paths, stack=True, max_pixels=max_pixels) == band_statistics(
+            stacked, max_pixels=max_pixels
+        )
+    mean, std = band_statistics(paths, ["B01", "B03"], stack=True)
+    valid = (scene[[2, 0]] != 0).all(axis=0)  # the selected bands' validity (band 2's hole is not read)
+    expected = scene[[2, 0]][:, valid].astype(np.float64) / 10000
+    np.testing.assert_allclose(mean, expected.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(std, expected.std(axis=1), rtol=1e-12)
+    # A coarser band is sampled on the stack's grid (nearest).
+    a, b, fine, coarse = _coarse_pair(tmp_path)
+    (m_fine, m_coarse), _ = band_statistics([a, b], stack=True)
+    assert m_fine == pytest.approx(fine.mean() / 10000, rel=1e-12)
+    assert m_coarse == pytest.approx(coarse.mean() / 10000, rel=1e-12)  # each coarse pixel 2 x 2 times
+    with pytest.raises(TypeError, match="stack=True"):
+        band_statistics([a, b])
+
+
+def test_band_statistics_refuses_complex(tmp_path: Path) -> None:
+    from geodino.raster.stats import band_statistics
+
+    slc = (np.ones((1, 8, 8)) + 1j).astype(np.complex64)
+    path = write_raster(tmp_path / "slc.tif", slc)
+    with pytest.raises(RasterSourceError, match=r"slc\.tif: holds complex values"):
+        band_statistics(path)
+    with pytest.raises(RasterSourceError, match=r"slc\.tif: holds complex values"):
+        band_statistics([path], stack=True)
