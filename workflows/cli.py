@@ -117,6 +117,13 @@ StackOpt = Annotated[
         "finest file's grid; --bands then counts over the stacked files' bands.",
     ),
 ]
+OverlapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-overlap",
+        help="Accept mosaic tiles that overlap beyond a border strip (the first file listed wins where both hold data).",
+    ),
+]
 ComplexOpt = Annotated[
     str, typer.Option("--complex", help="Complex-valued bands (SAR SLC): 'refuse' (default) or 'magnitude' (|z|).")
 ]
@@ -148,6 +155,7 @@ def map_command(
     progress: Progress = True,
     stack: StackOpt = False,
     complex_mode: ComplexOpt = "refuse",
+    allow_overlap: OverlapOpt = False,
 ) -> None:
     """Run a model over raster(s) of any size and write a georeferenced Zarr store."""
     from geodino.workflows.mapping import map_raster
@@ -156,7 +164,7 @@ def map_command(
         tile, overlap, chunk, batch_size, bands, zarr_format, workers, scheduler, resume, overwrite,
         allow_no_crs, target_crs, target_resolution, blend, storage_dtype, device, progress,
     )  # fmt: skip
-    options.update(stack=stack, complex_mode=complex_mode)
+    options.update(stack=stack, complex_mode=complex_mode, allow_overlap=allow_overlap)
     names = [o.strip() for o in outputs.split(",")] if outputs else None
     try:
         ds = map_raster([str(p) for p in inputs], model, out, outputs=names, **options)
@@ -195,6 +203,7 @@ def embed_command(
     progress: Progress = True,
     stack: StackOpt = False,
     complex_mode: ComplexOpt = "refuse",
+    allow_overlap: OverlapOpt = False,
 ) -> None:
     """Write backbone patch embeddings of raster(s) at patch resolution to a Zarr store."""
     from geodino.workflows.mapping import embed_raster
@@ -203,7 +212,7 @@ def embed_command(
         tile, overlap, chunk, batch_size, bands, zarr_format, workers, scheduler, resume, overwrite,
         allow_no_crs, target_crs, target_resolution, blend, storage_dtype, device, progress,
     )  # fmt: skip
-    options.update(stack=stack, complex_mode=complex_mode)
+    options.update(stack=stack, complex_mode=complex_mode, allow_overlap=allow_overlap)
     try:
         ds = embed_raster([str(p) for p in inputs], backbone, out, pretraining=pretraining, **options)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -411,6 +411,7 @@ def map_raster(
     device: str | None = None,
     stack: bool = False,
     complex_mode: str = "refuse",
+    allow_overlap: bool = False,
 ) -> xr.Dataset:
     """Run a model over a raster of any size and write a georeferenced, chunked Zarr store.
 
@@ -442,6 +443,7 @@ def map_raster(
         device: torch device (default: "cuda" if available, else "cpu").
         stack: Read the inputs, in the order given, as bands of one image (see ``RasterSource(stack=True)``).
         complex_mode: "refuse" complex-valued bands (default) or read their "magnitude".
+        allow_overlap: Accept mosaic tiles that overlap beyond a border strip (the first listed wins).
 
     Returns:
         The output, opened lazily with ``xr.open_zarr(out, decode_coords="all")`` (class maps kept as uint8).
@@ -459,6 +461,7 @@ def map_raster(
         target_resolution=target_resolution,
         stack=stack,
         complex_mode=complex_mode,  # type: ignore[arg-type]
+        allow_overlap=allow_overlap,
     )
     where = ", ".join(source.paths)
     check_bands(predictor, source.count, source.band_names, where)

@@ -474,8 +474,9 @@ class RasterSource:
             raise
         # Keep the validation handles of the files read as this thread's readers; close the others.
         handles = [self._wrap(datasets[i], m) for i, m in zip(used, self._members, strict=True)]
+        read = set(used)
         for i, ds in enumerate(datasets):
-            if i not in used:
+            if i not in read:
                 ds.close()
         self._local.handles = handles
         self._opened.append(handles)
@@ -511,7 +512,7 @@ class RasterSource:
         if self._complex:
             self._dtype = np.abs(np.zeros(1, dtype=self._dtype)).dtype
         self._file_nodata = datasets[used[0]].nodata
-        crss = [ds.crs for ds in datasets]
+        crss = [datasets[i].crs for i in used]
         warp = target_resolution is not None or (
             target_crs is not None and any(c is None or c != rasterio.crs.CRS.from_user_input(target_crs) for c in crss)
         )
@@ -534,7 +535,9 @@ class RasterSource:
                     tuple(channels), tuple(frozenset(ds.mask_flag_enums[b - 1]) for b in file_bands), tile_of[i],
                 )
             )  # fmt: skip
-        self._tile_members = [[i for i, m in enumerate(self._members) if m.tile == t] for t in range(len(self._tiles))]
+        self._tile_members: list[list[int]] = [[] for _ in self._tiles]
+        for i, m in enumerate(self._members):
+            self._tile_members[m.tile].append(i)
         self._tile_footprints = self._footprints()
         self._check_overlaps()
         return used
@@ -671,8 +674,8 @@ class RasterSource:
     def _footprints(self) -> list[Window]:
         """Per tile: the grid pixels where every file of the tile may hold data."""
         out: list[Window] = []
-        for t in range(len(self._tiles)):
-            wins = [m.footprint for m in self._members if m.tile == t]
+        for members in self._tile_members:
+            wins = [self._members[i].footprint for i in members]
             fp: Window | None = wins[0]
             for w in wins[1:]:
                 fp = fp.intersection(w) if fp is not None else None
@@ -682,8 +685,8 @@ class RasterSource:
     def _check_overlaps(self) -> None:
         """Refuse stacks whose files do not cover each other, and mosaic tiles that overlap beyond a border."""
         if self._stack:
-            for t in range(len(self._tiles)):
-                members = [m for m in self._members if m.tile == t]
+            for indexes in self._tile_members:
+                members = [self._members[i] for i in indexes]
                 for a, b in itertools.combinations(members, 2):
                     if not _covers(a.footprint, b.footprint):
                         inter = a.footprint.intersection(b.footprint)
@@ -719,7 +722,7 @@ class RasterSource:
             "they cover each other completely: if they are bands of one image, pass --stack (stack=True) to stack them"
             if same
             else "if they are bands or dates of one image on one grid, pass --stack (stack=True); if the overlap is "
-            "intended (the first file listed wins), pass allow_overlap=True (Python)"
+            "intended (the first file listed wins), pass --allow-overlap (allow_overlap=True)"
         )
         raise RasterSourceError(
             f"{name(i)} and {name(j)} overlap on {inter.height} x {inter.width} pixels ({share:.0f}% of the "

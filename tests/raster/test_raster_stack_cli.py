@@ -92,3 +92,18 @@ def test_map_complex_input(app: typer.Typer, tmp_path: Path) -> None:
             data, _ = src.read(src.window())
     expected = pointwise()(torch.from_numpy(data[None])).detach().numpy()[0]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_map_overlapping_tiles_needs_allow_overlap(app: typer.Typer, tmp_path: Path) -> None:
+    from affine import Affine
+    from rasters import default_transform
+
+    scene = smooth_scene(3, 64, 80, seed=13, dtype=np.uint8)
+    a = write_raster(tmp_path / "a.tif", scene[:, :, :64])
+    b = write_raster(tmp_path / "b.tif", scene[:, :, 16:], transform=default_transform() @ Affine.translation(16, 0))
+    args = ["map", str(a), str(b), "--model", "model_factories:pointwise", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.zarr")])
+    assert result.exit_code == 2 and "overlap on 64 x 48 pixels" in result.output and "--allow-overlap" in result.output
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "y.zarr"), "--allow-overlap"])
+    assert result.exit_code == 0, result.output
+    assert xr.open_zarr(tmp_path / "y.zarr").prediction.shape == (2, 64, 80)
