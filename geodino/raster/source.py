@@ -39,6 +39,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 
+from geodino.raster.normalize import default_scale
 from geodino.raster.windows import Window
 
 __all__ = [
@@ -507,6 +508,7 @@ class RasterSource:
         selection = self._select_stacked(datasets, bands) if self._stack else self._select_mosaic(datasets, bands)
         used = [i for i, (file_bands, _) in enumerate(selection) if file_bands]
         self._check_complex(datasets, selection)
+        self._check_dtypes(datasets, selection, used)
         dtypes = [np.dtype(datasets[i].dtypes[b - 1]) for i in used for b in selection[i][0]]
         self._dtype = np.result_type(*dtypes)
         if self._complex:
@@ -670,6 +672,23 @@ class RasterSource:
             RasterSourceWarning,
             stacklevel=4,
         )
+
+    def _check_dtypes(self, datasets: list[Any], selection: list[tuple[list[int], list[int]]], used: list[int]) -> None:
+        """Refuse bands whose dtypes call for different input scales (one scale applies to every band)."""
+        seen: dict[float, tuple[str, str]] = {}
+        for i in used:
+            for b in selection[i][0]:
+                dtype = datasets[i].dtypes[b - 1]
+                if np.issubdtype(np.dtype(dtype), np.complexfloating):
+                    continue  # magnitude: checked with the complex bands
+                seen.setdefault(default_scale(dtype), (self._paths[i], dtype))
+        if len(seen) > 1:
+            (s1, (p1, d1)), (s2, (p2, d2)) = list(seen.items())[:2]
+            raise RasterSourceError(
+                f"{p2} is {d2} but {p1} is {d1}: their raw values call for different input scales ({s2:g} and "
+                f"{s1:g}, see geodino.raster.normalize.default_scale) and one scale applies to every band; convert "
+                "the files to one dtype"
+            )
 
     def _footprints(self) -> list[Window]:
         """Per tile: the grid pixels where every file of the tile may hold data."""

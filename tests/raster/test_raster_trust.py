@@ -198,3 +198,22 @@ def test_empty_band_selection_refused(tmp_path: Path) -> None:
         RasterSource(path, bands=[])
     with pytest.raises(ValueError, match="no band selected"):
         RasterSource([path], stack=True, bands=[])
+
+
+def test_bands_needing_different_scales_are_refused(tmp_path: Path) -> None:
+    # One input scale applies to every band: uint16 reflectance x 10000 next to a uint8 band would be mis-scaled.
+    u16 = write_raster(tmp_path / "x_B04.tif", smooth_scene(1, 32, 32, seed=9, dtype=np.uint16))
+    u8 = write_raster(tmp_path / "mask.tif", smooth_scene(1, 32, 32, seed=9, dtype=np.uint8))
+    with pytest.raises(RasterSourceError, match=r"mask\.tif is uint8 but .*x_B04\.tif is uint16.*one dtype"):
+        RasterSource([u16, u8], stack=True)
+    beside = write_raster(
+        tmp_path / "east.tif",
+        smooth_scene(1, 32, 32, seed=9, dtype=np.uint8),
+        transform=from_origin(500320, 4100000, 10, 10),
+    )
+    with pytest.raises(RasterSourceError, match=r"east\.tif is uint8"):
+        RasterSource([u16, beside])  # mosaic tiles too
+    f32 = write_raster(tmp_path / "dem.tif", smooth_scene(1, 32, 32, seed=9, dtype=np.float32))
+    i16 = write_raster(tmp_path / "i16.tif", smooth_scene(1, 32, 32, seed=9, dtype=np.int16))
+    with RasterSource([f32, i16], stack=True) as src:  # both scale 1: fine
+        assert src.dtype == np.float32
