@@ -603,7 +603,7 @@ class RasterSource:
                 for b, ci in enumerate(ds.colorinterp, start=1)
                 if ci == ColorInterp.alpha and ds.count > 1
             }
-            chosen = [i + 1 for i, fb in enumerate(flat) if fb not in alpha]
+            chosen = [i + 1 for i, fb in enumerate(flat) if fb not in alpha] or [1]
         else:
             where = f"the stack {', '.join(self._tiles[0])}"
             chosen = resolve_bands(bands, self._all_names, where)
@@ -793,7 +793,7 @@ class RasterSource:
         row = (transform.f - ds.transform.f) / ry
         if abs(col - round(col)) > _ALIGN_TOL or abs(row - round(row)) > _ALIGN_TOL:
             raise RasterSourceError(
-                f"{path}: tile origin is off the mosaic's pixel grid by ({row - round(row):.4f}, "
+                f"{path}: origin is off the common pixel grid by ({row - round(row):.4f}, "
                 f"{col - round(col):.4f}) pixels; pass --target-resolution (target_resolution=...) to resample onto "
                 "one grid"
             )
@@ -812,7 +812,7 @@ class RasterSource:
                     f"{path}: stacks need north-up files; geotransform is {_gdal_transform(ds.transform)}"
                 )
         res = (min(ds.res[0] for ds in datasets), min(ds.res[1] for ds in datasets))
-        finest = next(ds for ds in datasets if _same(ds.res[0], res[0]) and _same(ds.res[1], res[1]))
+        finest = next((ds for ds in datasets if _same(ds.res[0], res[0]) and _same(ds.res[1], res[1])), first)
         anchor = (finest.transform.c, finest.transform.f)
         transform, height, width = _grid_from_bounds([tuple(ds.bounds) for ds in datasets], res, anchor)
         places = []
@@ -820,6 +820,11 @@ class RasterSource:
             if _same(ds.res[0], res[0]) and _same(ds.res[1], res[1]):
                 places.append(self._aligned(ds, path, transform))
             else:
+                if ds.crs is None:
+                    raise RasterSourceError(
+                        f"{path}: resolution {ds.res} differs from the stack's {res}, and a file without a CRS "
+                        "cannot be resampled onto it"
+                    )
                 kwargs = self._warp_kwargs(ds, first.crs, transform, height, width)
                 footprint = _bounds_window(tuple(ds.bounds), transform, height, width)
                 places.append(_Place(footprint, (0, 0), kwargs, _alpha_index(ds)))
