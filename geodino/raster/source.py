@@ -456,7 +456,7 @@ class RasterSource:
         if resampling not in Resampling.__members__:
             raise ValueError(f"unknown resampling {resampling!r}; expected one of {', '.join(Resampling.__members__)}")
         if complex_mode not in ("refuse", "magnitude"):
-            raise ValueError(f"complex_mode must be 'refuse' or 'magnitude', got {complex_mode!r}")
+            raise ValueError(f"--complex (complex_mode) must be 'refuse' or 'magnitude', got {complex_mode!r}")
         self._resampling = resampling
         self._complex_mode: ComplexMode = complex_mode
         self._complex = False  # set when complex bands are read as magnitude
