@@ -107,3 +107,34 @@ def test_map_overlapping_tiles_needs_allow_overlap(app: typer.Typer, tmp_path: P
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "y.zarr"), "--allow-overlap"])
     assert result.exit_code == 0, result.output
     assert xr.open_zarr(tmp_path / "y.zarr").prediction.shape == (2, 64, 80)
+
+
+DATA = Path(__file__).parents[3] / "shared" / "data" / "sentinel2" / "bigearthnet"
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"BigEarthNet patches not found at {DATA}")
+def test_embed_bigearthnet_folder_as_one_input(app: typer.Typer, tmp_path: Path) -> None:
+    import rasterio
+
+    patch = sorted(DATA.iterdir())[1]
+    files = sorted(patch.glob("*_B*.tif"))  # all 12 bands, 10/20/60 m; the model takes three of them
+    result = _embed(app, files, tmp_path / "stack.zarr", "--stack", "--bands", "B04,B03,B02")
+    assert result.exit_code == 0, result.output
+    rgb = []
+    for name in ("B04", "B03", "B02"):
+        with rasterio.open(next(f for f in files if f.stem.endswith(name))) as ds:
+            rgb.append(ds.read(1))
+            profile = ds.profile
+    profile.update(count=3)
+    with rasterio.open(tmp_path / "rgb.tif", "w", **profile) as dst:
+        dst.write(np.stack(rgb))
+    result = _embed(app, [tmp_path / "rgb.tif"], tmp_path / "one.zarr")
+    assert result.exit_code == 0, result.output
+    a, b = (
+        xr.open_zarr(tmp_path / "stack.zarr", decode_coords="all"),
+        xr.open_zarr(tmp_path / "one.zarr", decode_coords="all"),
+    )
+    assert a.embedding.shape == (64, 8, 8)  # 120 px at patch 16, rounded up
+    assert np.array_equal(a.embedding.values, b.embedding.values, equal_nan=True)
+    assert a.rio.transform() == b.rio.transform() and a.rio.crs == b.rio.crs
