@@ -16,10 +16,12 @@ _INPUTS = typer.Argument(..., help="Input raster(s): a GeoTIFF/COG/VRT, or sever
 
 
 def _bands(value: str | None) -> list[int | str] | None:
-    """'1,2,3' -> [1, 2, 3]; 'B04,B03,B02' -> names; None stays None."""
-    if not value:
+    """'1,2,3' -> [1, 2, 3]; 'B04,B03,B02' -> names; None stays None; '' or ',' is refused."""
+    if value is None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise typer.BadParameter(f"no band given in {value!r}; omit --bands to read every band", param_hint="--bands")
     return [int(v) if v.isdigit() else v for v in items]
 
 
@@ -107,6 +109,24 @@ Blend = Annotated[str, typer.Option(help="Blending window: hann, center or unifo
 Storage = Annotated[str | None, typer.Option("--storage-dtype", help="float32 (default) or float16 storage.")]
 Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+StackOpt = Annotated[
+    bool,
+    typer.Option(
+        "--stack",
+        help="The inputs, in the order given, are bands of one image (e.g. B04.tif B03.tif B02.tif), read onto the "
+        "finest file's grid; --bands then counts over the stacked files' bands.",
+    ),
+]
+OverlapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-overlap",
+        help="Accept mosaic tiles that overlap beyond a border strip (the first file listed wins where both hold data).",
+    ),
+]
+ComplexOpt = Annotated[
+    str, typer.Option("--complex", help="Complex-valued bands (SAR SLC): 'refuse' (default) or 'magnitude' (|z|).")
+]
 
 
 def map_command(
@@ -133,6 +153,9 @@ def map_command(
     storage_dtype: Storage = None,
     device: Device = None,
     progress: Progress = True,
+    stack: StackOpt = False,
+    complex_mode: ComplexOpt = "refuse",
+    allow_overlap: OverlapOpt = False,
 ) -> None:
     """Run a model over raster(s) of any size and write a georeferenced Zarr store."""
     from geodino.workflows.mapping import map_raster
@@ -141,6 +164,7 @@ def map_command(
         tile, overlap, chunk, batch_size, bands, zarr_format, workers, scheduler, resume, overwrite,
         allow_no_crs, target_crs, target_resolution, blend, storage_dtype, device, progress,
     )  # fmt: skip
+    options.update(stack=stack, complex_mode=complex_mode, allow_overlap=allow_overlap)
     names = [o.strip() for o in outputs.split(",")] if outputs else None
     try:
         ds = map_raster([str(p) for p in inputs], model, out, outputs=names, **options)
@@ -177,6 +201,9 @@ def embed_command(
     storage_dtype: Storage = None,
     device: Device = None,
     progress: Progress = True,
+    stack: StackOpt = False,
+    complex_mode: ComplexOpt = "refuse",
+    allow_overlap: OverlapOpt = False,
 ) -> None:
     """Write backbone patch embeddings of raster(s) at patch resolution to a Zarr store."""
     from geodino.workflows.mapping import embed_raster
@@ -185,6 +212,7 @@ def embed_command(
         tile, overlap, chunk, batch_size, bands, zarr_format, workers, scheduler, resume, overwrite,
         allow_no_crs, target_crs, target_resolution, blend, storage_dtype, device, progress,
     )  # fmt: skip
+    options.update(stack=stack, complex_mode=complex_mode, allow_overlap=allow_overlap)
     try:
         ds = embed_raster([str(p) for p in inputs], backbone, out, pretraining=pretraining, **options)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

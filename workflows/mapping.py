@@ -351,6 +351,8 @@ def _fingerprint(
     """Every parameter that changes the bytes written; a resumed run must match it exactly."""
     return {
         "inputs": [os.path.abspath(p) if "://" not in p else p for p in source.paths],
+        "stack": source.stack,
+        "complex_mode": source.complex_mode,
         "bands": list(source.bands),
         "shape": [source.height, source.width],
         "transform": list(source.transform)[:6],
@@ -407,6 +409,9 @@ def map_raster(
     storage_dtype: str | None = None,
     nodata: float | None = None,
     device: str | None = None,
+    stack: bool = False,
+    complex_mode: str = "refuse",
+    allow_overlap: bool = False,
 ) -> xr.Dataset:
     """Run a model over a raster of any size and write a georeferenced, chunked Zarr store.
 
@@ -436,6 +441,9 @@ def map_raster(
         storage_dtype: "float32" (default) or "float16" for float variables (accumulation is always float32).
         nodata: Override the input's nodata value.
         device: torch device (default: "cuda" if available, else "cpu").
+        stack: Read the inputs, in the order given, as bands of one image (see ``RasterSource(stack=True)``).
+        complex_mode: "refuse" complex-valued bands (default) or read their "magnitude".
+        allow_overlap: Accept mosaic tiles that overlap beyond a border strip (the first listed wins).
 
     Returns:
         The output, opened lazily with ``xr.open_zarr(out, decode_coords="all")`` (class maps kept as uint8).
@@ -451,6 +459,9 @@ def map_raster(
         allow_no_crs=allow_no_crs,
         target_crs=target_crs,
         target_resolution=target_resolution,
+        stack=stack,
+        complex_mode=complex_mode,  # type: ignore[arg-type]
+        allow_overlap=allow_overlap,
     )
     where = ", ".join(source.paths)
     check_bands(predictor, source.count, source.band_names, where)

@@ -28,7 +28,7 @@ from geodino.raster.plan import (
 from geodino.raster.windows import Window
 
 if TYPE_CHECKING:  # pragma: no cover
-    from geodino.raster.source import RasterSource, RasterSourceError
+    from geodino.raster.source import RasterSource, RasterSourceError, RasterSourceWarning
 
 __all__ = [
     "ChunkTask",
@@ -36,6 +36,7 @@ __all__ = [
     "PatchGrid",
     "RasterSource",
     "RasterSourceError",
+    "RasterSourceWarning",
     "Window",
     "accumulate_patch",
     "argmax_channels",
@@ -53,7 +54,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Load the rasterio-backed reader on first use (PEP 562)."""
-    if name in ("RasterSource", "RasterSourceError"):
+    if name in ("RasterSource", "RasterSourceError", "RasterSourceWarning"):
         from geodino.raster import source
 
         return getattr(source, name)
