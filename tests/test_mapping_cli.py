@@ -67,7 +67,7 @@ def test_embed_pretraining_sets_normalisation_of_meta_checkpoints(
 
     from geodino import hub
     from geodino.models.meta import SAT_MEAN, WEB_MEAN
-    from geodino.workflows.sink import read_fingerprint
+    from geodino.workflows.manifest import read_manifest
 
     torch.manual_seed(0)
     ckpt = tmp_path / "dinov3_vit_test_pretrain.pth"  # a Meta-style state dict: it does not say what it saw
@@ -78,7 +78,7 @@ def test_embed_pretraining_sets_normalisation_of_meta_checkpoints(
         args = ["embed", str(scene), "--backbone", str(ckpt), "--out", str(out), "--no-progress"]
         result = CliRunner().invoke(app, [*args, *(["--pretraining", tag] if tag else [])])
         assert result.exit_code == 0, result.output
-        means[tag] = read_fingerprint(out)["normalization"][1]
+        means[tag] = read_manifest(out)["resolved"]["normalization"][1]
     assert means["sat493m"] == pytest.approx(SAT_MEAN) and means[None] == pytest.approx(WEB_MEAN)
     bad = CliRunner().invoke(app, ["embed", str(scene), "--backbone", "test", "--out", str(tmp_path / "x.zarr"),
                                    "--pretraining", "sat493m"])  # fmt: skip
