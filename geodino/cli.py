@@ -62,8 +62,7 @@ def info(
     if _is_store(path):
         from geodino.workflows.manifest import summary
 
-        for line in summary(path):
-            console.print(line, highlight=False, markup=False)
+        typer.echo("\n".join(summary(path)))
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -145,6 +145,7 @@ def distributed_client(workers: int | None = None, address: str | None = None) -
 
     if address is not None:
         try:
+            _probe(address)
             client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as err:
             raise SchedulerError(
@@ -165,6 +166,22 @@ def distributed_client(workers: int | None = None, address: str | None = None) -
         Client(cluster) as client,
     ):
         yield client
+
+
+def _probe(address: str) -> None:
+    """Fail at once when nothing listens at a ``tcp://host:port`` address (distributed retries for its timeout).
+
+    Raises:
+        OSError: Connection refused, or no answer within :data:`CONNECT_TIMEOUT_S`.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp" or parts.hostname is None or parts.port is None:
+        return  # other transports (tls, inproc, ucx): left to distributed
+    with socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT_S):
+        pass
 
 
 def _gather(client: Any, graph: list[Any], progress: bool) -> list[Any]:

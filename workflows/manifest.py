@@ -227,7 +227,12 @@ def summary(path: str | Path) -> list[str]:
     if manifest is None:
         return [*lines, "no run manifest (written by an older geodino)"]
     model, run = manifest["model"], manifest["run"]
-    weights = "RANDOM weights" if model.get("random_weights") else f"pretraining {model.get('pretraining')}"
+    pretraining = model.get("pretraining")
+    weights = (
+        "RANDOM weights"
+        if model.get("random_weights")
+        else (f"pretraining {pretraining}" if pretraining else "weights as given")
+    )
     lines.append(f"model: {model['name']} ({model['kind']}, {weights}), {model['digest'][:23]}")
     if model.get("source"):
         lines.append(f"model source: {model['source']}")
