@@ -298,12 +298,42 @@ def run_chunk(task: ChunkTask, ctx: ChunkContext) -> int:
     Returns:
         The number of patches the model ran on.
     """
-    values, patches = predict_chunk(task, ctx)
+    try:
+        values, patches = predict_chunk(task, ctx)
+    except (ValueError, OSError) as err:  # anticipated: reported to the user as one line
+        clean = portable_error(err)
+    else:
+        clean = None
+    if clean is not None:
+        raise clean  # outside the except block: no chained context travels with it
     ctx.sink.write(task.core, chunk_outputs(values, ctx.outputs, ctx.predictor.kind))
     ctx.sink.mark_done(task.iy, task.ix)
     del values
     release_freed_memory()
     return patches
+
+
+def portable_error(err: BaseException) -> BaseException:
+    """The same error without its chain of causes, whose details move into the message when it lacks them.
+
+    A task's exception crosses process boundaries under ``dask.distributed``, which pickles its causes too; some
+    (rasterio's GDAL errors) cannot be unpickled, and the client then sees a bare ``Exception`` instead of the
+    error. Messages such as "Read failed. See previous exception for details." get that detail appended.
+    """
+    causes = []
+    cause = err.__cause__ or err.__context__
+    while cause is not None and len(causes) < 4:
+        text = " ".join(str(cause).split())
+        seen = [str(err), *causes]
+        if text and not any(text in s for s in seen) and "See previous exception" not in text:
+            causes.append(text)
+        cause = cause.__cause__ or cause.__context__
+    message = str(err) + (f" ({'; '.join(causes)})" if causes and "See previous exception" in str(err) else "")
+    try:
+        clean = type(err)(message) if len(err.args) <= 1 else type(err)(*err.args)
+    except Exception:
+        return err
+    return clean
 
 
 # ----------------------------------------------------------------------------------------------------------------
