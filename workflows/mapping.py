@@ -627,7 +627,7 @@ def _new_manifest(
     """The run manifest: options, resolved settings, input and model identities (digests: once per run)."""
     return _manifest.build_manifest(
         options=options,
-        inputs=[_manifest.input_record(p) for p in source.paths],
+        inputs=_manifest.input_records(source.paths),
         model=_manifest.model_record(predictor),
         raster={
             "shape": [source.height, source.width],
