@@ -184,7 +184,7 @@ def _object_digest(obj: Any) -> str:
     if isinstance(obj, torch.nn.Module):
         for name, tensor in obj.state_dict().items():
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
     else:
         digest.update(repr(getattr(obj, "__qualname__", id(obj))).encode())
     return digest.hexdigest()[:16]
