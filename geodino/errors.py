@@ -117,7 +117,7 @@ def report(err: BaseException, *, hint: str | None = None) -> int:
     return 1
 
 
-def _show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
+def show_warning(message: Any, category: type[Warning], *_args: Any, **_kwargs: Any) -> None:
     """Warnings on one line, without the Python source line Python prints under them."""
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
@@ -136,7 +136,7 @@ def cli_errors(hint: Callable[[BaseException], str | None] | None = None) -> Cal
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with warnings.catch_warnings():
-                warnings.showwarning = _show_warning
+                warnings.showwarning = show_warning
                 try:
                     return func(*args, **kwargs)
                 except (Exception, KeyboardInterrupt) as err:

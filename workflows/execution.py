@@ -165,7 +165,17 @@ def distributed_client(workers: int | None = None, address: str | None = None) -
         ) as cluster,
         Client(cluster) as client,
     ):
+        client.run(one_line_warnings)
         yield client
+
+
+def one_line_warnings() -> None:
+    """Run on a LocalCluster's workers: warnings on one line, as the CLI prints them (no Python source line)."""
+    import warnings
+
+    from geodino.errors import show_warning
+
+    warnings.showwarning = show_warning
 
 
 def _probe(address: str) -> None:
