@@ -142,13 +142,19 @@ def build_manifest(
     }
 
 
+#: Options whose default comes from the model: compared by the value the run resolved them to ("resolved"), so a
+#: resume that leaves out ``--tile 224`` where 224 is the model's tile is the same run.
+RESOLVED_OPTIONS = ("tile", "overlap", "chunk", "outputs", "storage_dtype")
+
+
 def identity(manifest: dict[str, Any]) -> dict[str, Any]:
     """The part of a manifest a resumed run must match: what changes the bytes written."""
     from geodino.workflows.options import MapOptions
 
     options = manifest.get("options", {})
+    compared = [k for k in MapOptions.field_names("result") if k not in RESOLVED_OPTIONS]
     return {
-        "options": {k: options.get(k) for k in MapOptions.field_names("result")},
+        "options": {k: options.get(k) for k in compared},
         "resolved": manifest.get("resolved"),
         "inputs": [
             {"sha256": i.get("sha256"), "size": i.get("size")} | ({} if i.get("sha256") else {"path": i.get("path")})

@@ -92,3 +92,11 @@ def test_tta_reaches_the_predictor_or_is_refused_clearly(scene: Path, tmp_path: 
         with pytest.raises(ValueError, match="--tta flips: test-time augmentation is not available"):
             map_raster(scene, "model_factories:pointwise", tmp_path / "o.zarr", tta="flips", progress=False)
         assert not (tmp_path / "o.zarr").exists()
+
+
+def test_resume_compares_model_defaults_by_their_resolved_values(scene: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.zarr"
+    map_raster(scene, "model_factories:pointwise", out, tile=64, chunk=96, progress=False)  # 64: the model's tile
+    map_raster(scene, "model_factories:pointwise", out, chunk=96, resume=True, progress=False)
+    with pytest.raises(StoreMismatchError, match=r"resolved\.tile: 64 -> 32; resolved\.stride: 48 -> 24"):
+        map_raster(scene, "model_factories:pointwise", out, tile=32, chunk=96, resume=True, progress=False)
