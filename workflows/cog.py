@@ -105,8 +105,10 @@ def export_cog(
     nodata: float = CLASS_NODATA if dtype == np.uint8 else float("nan")
     height, width = array.shape[-2:]
     if overviews and max(height, width) <= blocksize:
-        warnings.warn(f"{out_tif}: {width} x {height} px fits in one {blocksize}-px COG block, so GDAL writes no "
-                      "overviews", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{out_tif}: {width} x {height} px fits in one {blocksize}-px COG block, so GDAL writes no overviews",
+            stacklevel=2,
+        )
     profile = {
         "driver": "GTiff",
         "height": height,

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -34,8 +34,6 @@ from geodino.workflows.options import MapOptions
 from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
 from geodino.workflows.shared_patches import SHARED, SharingKey, chunks_of, sharing_key
 from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
-
-BlendKind = Literal["hann", "center", "uniform"]
 
 #: Default tile for models that do not name one (a ViT/16's 14 x 14 tokens).
 DEFAULT_TILE = 224
@@ -419,8 +417,9 @@ def check_complete(path: str | Path, *, allow_incomplete: bool = False, stacklev
                 missing=total - done,
                 total=total,
             )
-        warnings.warn(f"{what}; missing chunks read as NaN (class maps 255)", IncompleteStoreWarning,
-                      stacklevel=stacklevel)  # fmt: skip
+        warnings.warn(
+            f"{what}; missing chunks read as NaN (class maps 255)", IncompleteStoreWarning, stacklevel=stacklevel
+        )
     return done, total
 
 
@@ -555,7 +554,9 @@ def _source(inputs: str | Path | Sequence[str | Path], options: MapOptions) -> R
         raise
 
 
-def _run(inputs: str | Path | Sequence[str | Path], predictor: Predictor, out: str | Path, options: MapOptions):
+def _run(
+    inputs: str | Path | Sequence[str | Path], predictor: Predictor, out: str | Path, options: MapOptions
+) -> xr.Dataset:
     """Plan, check, connect, create (or reopen) the store, run the pending chunks, record the run's end."""
     predictor = _with_tta(predictor, options.tta)
     source = _source(inputs, options)
@@ -590,8 +591,16 @@ def _run(inputs: str | Path | Sequence[str | Path], predictor: Predictor, out: s
         ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs, chunk_hw, run, pending_ids)
         status = "failed"
         try:
-            run_tasks(run_chunk, pending, ctx, scheduler=options.scheduler, workers=options.workers,
-                      address=options.address, progress=options.progress, client=client)  # fmt: skip
+            run_tasks(
+                run_chunk,
+                pending,
+                ctx,
+                scheduler=options.scheduler,
+                workers=options.workers,
+                address=options.address,
+                progress=options.progress,
+                client=client,
+            )
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"

@@ -154,8 +154,10 @@ class BackboneLoader:
 
     @property
     def key(self) -> str:
-        return f"backbone:{self.source}" + (f":{self.pretraining}" if self.pretraining else "") + (
-            f"@{self.stamp}" if self.stamp else "")  # fmt: skip
+        key = f"backbone:{self.source}"
+        if self.pretraining:
+            key += f":{self.pretraining}"
+        return key + (f"@{self.stamp}" if self.stamp else "")
 
     def __call__(self) -> Any:
         return EmbeddingModel(
@@ -569,8 +571,10 @@ def from_backbone(
         random_weights: Allow a hub architecture name without weights (see :func:`load_backbone_source`).
     """
     if (pretraining is not None or random_weights) and not isinstance(backbone, str | Path):
-        raise ValueError("pretraining= / random_weights= apply to checkpoint paths and hub names, not to a loaded "
-                         "backbone (it already carries its .meta)")  # fmt: skip
+        raise ValueError(
+            "pretraining= / random_weights= apply to checkpoint paths and hub names, not to a loaded "
+            "backbone (it already carries its .meta)"
+        )
     if isinstance(backbone, str | Path):
         loader: Callable[[], Any] = BackboneLoader.of(str(backbone), pretraining, random_weights)
         module = loader()
