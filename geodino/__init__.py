@@ -21,11 +21,16 @@ _LAZY = {
 }
 
 
+_SUBMODULES = ("hub", "errors")
+
+
 def __getattr__(name: str) -> Any:
     """Resolve heavy public names on first use (PEP 562)."""
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
+    if name in _SUBMODULES:  # `import geodino; geodino.hub.dinov3_vitl16(...)`
+        return importlib.import_module(f"geodino.{name}")
     raise AttributeError(f"module 'geodino' has no attribute {name!r}")

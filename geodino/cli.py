@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from geodino.errors import cli_errors
 
 app = typer.Typer(
     name="geodino",
@@ -17,34 +20,58 @@ app = typer.Typer(
 )
 
 
+def debug_option(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show Python tracebacks of errors (also GEODINO_DEBUG=1).")
+    ] = False,
+) -> None:
+    """DINOv3 vision transformers for satellite and aerial imagery: load, embed, map."""
+    if debug:
+        os.environ["GEODINO_DEBUG"] = "1"
+
+
+app.callback()(debug_option)
+
+
+def _is_store(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists())
+
+
 @app.command()
+@cli_errors()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="Meta .pth, timm state dict, Hugging Face folder/.safetensors")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Backbone checkpoint (Meta .pth, timm state dict, Hugging Face folder/.safetensors), a hub name "
+            "(test, vits16...), or an output store (OUT.zarr) written by geodino map / embed"
+        ),
+    ],
     pretraining: Annotated[
         str | None, typer.Option(help="sat493m or lvd1689m, when the file cannot tell (sets normalisation)")
     ] = None,
 ) -> None:
-    """Show what a backbone checkpoint holds: architecture, parameters, normalisation, ignored keys."""
+    """Show what a checkpoint or hub model holds, or what made an output store and how complete it is."""
     import warnings
 
     from rich.console import Console
     from rich.table import Table
 
-    from geodino.models.checkpoint import CheckpointError, load_backbone
-
     console = Console()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model = load_backbone(checkpoint, pretraining=pretraining)
-    except CheckpointError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    path = Path(target)
+    if _is_store(path):
+        from geodino.workflows.manifest import summary
+
+        typer.echo("\n".join(summary(path)))
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _load_for_info(target, pretraining)
     meta, cfg = model.meta, model.config
-    table = Table(title=str(checkpoint), show_header=False)
+    table = Table(title=str(target), show_header=False)
     rows = {
         "architecture": meta.name,
-        "format": meta.checkpoint_format,
+        "format": meta.checkpoint_format or "none (hub constructor)",
         "pretraining": meta.weights,
         "parameters": f"{sum(p.numel() for p in model.parameters()):,}",
         "width / depth / heads": f"{cfg.embed_dim} / {cfg.depth} / {cfg.num_heads}",
@@ -65,7 +92,24 @@ def info(
         console.print(f"[yellow]note:[/yellow] {w.message}")
 
 
+def _load_for_info(target: str, pretraining: str | None) -> Any:
+    """A checkpoint file's backbone, or a hub architecture with random weights (what its name describes)."""
+    from geodino import hub
+    from geodino.models.checkpoint import load_backbone
+
+    if Path(target).exists() or hub.resolve_name(target) is None:
+        if not Path(target).exists():
+            raise FileNotFoundError(
+                f"{target}: no such file, and not a hub name (known: {', '.join(hub.known_names())})"
+            )
+        return load_backbone(target, pretraining=pretraining)
+    if pretraining is not None:
+        raise ValueError(f"--pretraining applies to checkpoint files; {target!r} is a hub name")
+    return getattr(hub, hub.resolve_name(target))(weights=None)
+
+
 @app.command()
+@cli_errors()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated scene and outputs")] = Path("geodino-demo"),
     size: Annotated[int, typer.Option(help="Scene side in pixels")] = 1024,

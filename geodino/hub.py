@@ -1,7 +1,10 @@
 """Official-named constructors: ``geodino.hub.dinov3_vitl16(weights="/path/to/file.pth")``.
 
 Each takes ``weights``: a local checkpoint in any supported format (Meta ``.pth``, timm, Hugging Face folder or
-``model.safetensors``, geodino), or None for random initialisation. Nothing is ever downloaded. The architecture of
+``model.safetensors``, geodino), or None for random initialisation (the model's ``meta.weights`` is then
+``"random"``, which every output it makes records). Nothing is ever downloaded. Tools that take a model by NAME
+(``geodino embed --backbone vits16``) never turn a name into random weights silently: only ``test``, the built-in
+tiny test model that has no pretrained weights at all, runs without ``--random-weights`` (:func:`needs_weights`). The architecture of
 a checkpoint is read from its keys and shapes and must match the constructor's; any other keyword argument goes to
 `DinoVisionTransformer` (e.g. ``drop_path_rate``, ``input_padding``).
 """
@@ -26,6 +29,29 @@ __all__ = [
     "dinov3_vits16",
     "dinov3_vits16plus",
 ]
+
+
+#: Short names accepted by tools: "vits16" -> "dinov3_vits16"; "test" -> the tiny test model.
+_ALIASES = {"test": "dinov3_vit_test", "vit_test": "dinov3_vit_test"}
+
+
+def resolve_name(name: str) -> str | None:
+    """The constructor name for a hub name ("vits16", "dinov3_vits16", "test"), or None if there is none."""
+    full = _ALIASES.get(name) or (name if name.startswith("dinov3_") else f"dinov3_{name}")
+    return full if full in __all__ else None
+
+
+def needs_weights(name: str) -> bool:
+    """True for the real architectures: running them without a checkpoint must be asked for explicitly.
+
+    The test model (``test``) is exempt: it exists only to exercise code paths and has no pretrained weights.
+    """
+    return resolve_name(name) != "dinov3_vit_test"
+
+
+def known_names() -> list[str]:
+    """Short names of the constructors ("test", "vits16", ...)."""
+    return ["test", *sorted(n.removeprefix("dinov3_") for n in __all__ if n != "dinov3_vit_test")]
 
 
 def build(

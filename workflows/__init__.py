@@ -7,15 +7,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from geodino.workflows.cog import export_cog
     from geodino.workflows.mapping import embed_raster, map_raster, open_output
+    from geodino.workflows.options import MapOptions
     from geodino.workflows.predictor import Predictor, PredictorInfo, build_predictor
 
-__all__ = ["Predictor", "PredictorInfo", "build_predictor", "embed_raster", "export_cog", "map_raster", "open_output"]
+__all__ = [
+    "MapOptions",
+    "Predictor",
+    "PredictorInfo",
+    "build_predictor",
+    "embed_raster",
+    "export_cog",
+    "map_raster",
+    "open_output",
+]
 
 _LAZY = {
     "map_raster": "geodino.workflows.mapping",
     "embed_raster": "geodino.workflows.mapping",
     "open_output": "geodino.workflows.mapping",
     "export_cog": "geodino.workflows.cog",
+    "MapOptions": "geodino.workflows.options",
     "Predictor": "geodino.workflows.predictor",
     "PredictorInfo": "geodino.workflows.predictor",
     "build_predictor": "geodino.workflows.predictor",

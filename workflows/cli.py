@@ -1,225 +1,117 @@
 """Command-line interface of the mapping workflows: ``geodino map``, ``geodino embed``, ``geodino export-cog``.
 
-:func:`register` adds the commands to a typer app (the top-level ``geodino`` command calls it lazily). Heavy imports
+:func:`register` adds the commands to a typer app (the top-level ``geodino`` command calls it lazily). The run
+flags of ``map`` and ``embed`` are generated from :class:`~geodino.workflows.options.MapOptions` (one definition
+of each setting: its type, default and help). Every anticipated failure ends as one or two lines on stderr and
+exit status 2 (:func:`geodino.errors.cli_errors`); Ctrl-C says how to resume and exits with 130. Heavy imports
 happen inside the command bodies, so ``--help`` stays fast. ``python -m geodino.workflows.cli`` runs the same
 commands on their own.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-_INPUTS = typer.Argument(..., help="Input raster(s): a GeoTIFF/COG/VRT, or several tiles of one mosaic.")
+from geodino.errors import cli_errors
+from geodino.workflows.options import MapOptions, cli_flags
 
-
-def _bands(value: str | None) -> list[int | str] | None:
-    """'1,2,3' -> [1, 2, 3]; 'B04,B03,B02' -> names; None stays None; '' or ',' is refused."""
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise typer.BadParameter(f"no band given in {value!r}; omit --bands to read every band", param_hint="--bands")
-    return [int(v) if v.isdigit() else v for v in items]
-
-
-def _resolution(value: str | None) -> float | tuple[float, float] | None:
-    """'0.6' -> 0.6; '0.6,0.5' -> (0.6, 0.5)."""
-    if not value:
-        return None
-    parts = [float(v) for v in value.split(",")]
-    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
-
-
-def _run_options(
-    tile: int | None,
-    overlap: int | None,
-    chunk: int | None,
-    batch_size: int,
-    bands: str | None,
-    zarr_format: int,
-    workers: int | None,
-    scheduler: str | None,
-    resume: bool,
-    overwrite: bool,
-    allow_no_crs: bool,
-    target_crs: str | None,
-    target_resolution: str | None,
-    blend: str,
-    storage_dtype: str | None,
-    device: str | None,
-    progress: bool,
-) -> dict[str, Any]:
-    """The keyword arguments shared by ``map`` and ``embed``."""
-    if scheduler in ("threads", "sync"):
-        mode, address = scheduler, None
-    elif scheduler:
-        mode, address = "distributed", scheduler
-    else:
-        mode, address = ("distributed" if workers else "threads"), None
-    return {
-        "tile": tile,
-        "overlap": overlap,
-        "chunk": chunk,
-        "batch_size": batch_size,
-        "bands": _bands(bands),
-        "zarr_format": zarr_format,
-        "scheduler": mode,
-        "workers": workers,
-        "address": address,
-        "resume": resume,
-        "overwrite": overwrite,
-        "allow_no_crs": allow_no_crs,
-        "target_crs": target_crs,
-        "target_resolution": _resolution(target_resolution),
-        "blend": blend,
-        "storage_dtype": storage_dtype,
-        "device": device,
-        "progress": progress,
-    }
-
-
-def _fail(err: Exception) -> None:
-    """Print a one-line error and exit with status 2 (no traceback for input errors)."""
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
-
-
-# Options shared by map and embed (typer reads them from the signatures below).
-Tile = Annotated[int | None, typer.Option(help="Patch side in input pixels (default: the model's, else 224).")]
-Overlap = Annotated[int | None, typer.Option(help="Patch overlap in input pixels (default: tile // 4).")]
-Chunk = Annotated[int | None, typer.Option(help="Output chunk side in output pixels (multiple of the stride).")]
-Batch = Annotated[int, typer.Option("--batch-size", help="Patches per forward pass.")]
-Bands = Annotated[str | None, typer.Option(help="Comma-separated 1-based band indexes or names, e.g. B04,B03,B02.")]
-ZarrFormat = Annotated[int, typer.Option("--zarr-format", help="Zarr format: 3, or 2 for GDAL < 3.11.")]
-Workers = Annotated[int | None, typer.Option(help="Run on a local Dask cluster of N worker processes.")]
+_INPUTS = typer.Argument(
+    ..., help="Input raster(s): a GeoTIFF/COG/VRT, several tiles of one mosaic, or with --stack one file per band."
+)
 SchedulerOpt = Annotated[
-    str | None, typer.Option("--scheduler", help="Address of a Dask scheduler, or 'threads' / 'sync'.")
-]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run, skipping finished chunks.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output store.")]
-NoCrs = Annotated[bool, typer.Option("--allow-no-crs", help="Accept inputs without a CRS.")]
-TargetCrs = Annotated[str | None, typer.Option("--target-crs", help="Warp inputs onto this CRS first.")]
-TargetRes = Annotated[
-    str | None, typer.Option("--target-resolution", help="Warp inputs onto this pixel size ('x' or 'x,y').")
-]
-Blend = Annotated[str, typer.Option(help="Blending window: hann, center or uniform.")]
-Storage = Annotated[str | None, typer.Option("--storage-dtype", help="float32 (default) or float16 storage.")]
-Device = Annotated[str | None, typer.Option(help="torch device (default: cuda if available, else cpu).")]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
-StackOpt = Annotated[
-    bool,
-    typer.Option(
-        "--stack",
-        help="The inputs, in the order given, are bands of one image (e.g. B04.tif B03.tif B02.tif), read onto the "
-        "finest file's grid; --bands then counts over the stacked files' bands.",
-    ),
-]
-OverlapOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-overlap",
-        help="Accept mosaic tiles that overlap beyond a border strip (the first file listed wins where both hold data).",
-    ),
-]
-ComplexOpt = Annotated[
-    str, typer.Option("--complex", help="Complex-valued bands (SAR SLC): 'refuse' (default) or 'magnitude' (|z|).")
+    str | None,
+    typer.Option("--scheduler", help="Address of a Dask scheduler (tcp://host:8786), or 'threads' / 'sync'."),
 ]
 
 
+def _resume_hint(err: BaseException) -> str | None:
+    return "resume with --resume (finished chunks are kept)" if isinstance(err, KeyboardInterrupt) else None
+
+
+def with_run_options(command: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the run flags of ``command`` ("map" / "embed"), passed to it as ``options: MapOptions``.
+
+    The decorated function takes its own parameters plus ``options``; the flags come from the fields of
+    :class:`MapOptions` (plus ``--scheduler``, which sets ``scheduler`` / ``address``).
+    """
+    flags = cli_flags(command)
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "options"]
+        generated = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[flag.cli_type, typer.Option(*flag.names(name), help=flag.help)],
+            )
+            for name, default, flag in flags
+        ]
+        scheduler = inspect.Parameter(
+            "scheduler", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SchedulerOpt
+        )
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> None:
+            values = {name: kwargs.pop(name) for name, _, _ in flags}
+            options = MapOptions.from_cli(values, scheduler=kwargs.pop("scheduler"))
+            func(**kwargs, options=options)
+
+        wrapper.__signature__ = inspect.Signature([*own, *generated, scheduler])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {}
+        del wrapper.__wrapped__  # typer must read the generated signature, not func's
+        return cli_errors(_resume_hint)(wrapper)
+
+    return decorate
+
+
+def _wrote(out: Path, ds: Any) -> str:
+    weights = ds.attrs.get("weights")
+    note = " (RANDOM weights: not a pretrained model)" if weights == "random" else ""
+    return f"wrote {out}: {', '.join(f'{k} {tuple(v.shape)}' for k, v in ds.data_vars.items())}{note}"
+
+
+@with_run_options("map")
 def map_command(
     inputs: Annotated[list[Path], _INPUTS],
     model: Annotated[str, typer.Option(help="Saved geodino model, or 'package.module:attr'.")],
     out: Annotated[Path, typer.Option(help="Output Zarr store.")],
-    outputs: Annotated[
-        str | None, typer.Option(help="Comma-separated variables, e.g. probabilities,classes (default: all).")
-    ] = None,
-    tile: Tile = None,
-    overlap: Overlap = None,
-    chunk: Chunk = None,
-    batch_size: Batch = 8,
-    bands: Bands = None,
-    zarr_format: ZarrFormat = 3,
-    workers: Workers = None,
-    scheduler: SchedulerOpt = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    allow_no_crs: NoCrs = False,
-    target_crs: TargetCrs = None,
-    target_resolution: TargetRes = None,
-    blend: Blend = "hann",
-    storage_dtype: Storage = None,
-    device: Device = None,
-    progress: Progress = True,
-    stack: StackOpt = False,
-    complex_mode: ComplexOpt = "refuse",
-    allow_overlap: OverlapOpt = False,
+    options: MapOptions,
 ) -> None:
     """Run a model over raster(s) of any size and write a georeferenced Zarr store."""
     from geodino.workflows.mapping import map_raster
 
-    options = _run_options(
-        tile, overlap, chunk, batch_size, bands, zarr_format, workers, scheduler, resume, overwrite,
-        allow_no_crs, target_crs, target_resolution, blend, storage_dtype, device, progress,
-    )  # fmt: skip
-    options.update(stack=stack, complex_mode=complex_mode, allow_overlap=allow_overlap)
-    names = [o.strip() for o in outputs.split(",")] if outputs else None
-    try:
-        ds = map_raster([str(p) for p in inputs], model, out, outputs=names, **options)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
-    typer.echo(f"wrote {out}: {', '.join(f'{k} {tuple(v.shape)}' for k, v in ds.data_vars.items())}")
+    ds = map_raster([str(p) for p in inputs], model, out, options)
+    typer.echo(_wrote(out, ds))
 
 
+@with_run_options("embed")
 def embed_command(
     inputs: Annotated[list[Path], _INPUTS],
-    backbone: Annotated[str, typer.Option(help="Backbone checkpoint path, or a hub name: test, vits16, vitl16...")],
-    out: Annotated[Path, typer.Option(help="Output Zarr store.")],
-    pretraining: Annotated[
-        str | None,
+    backbone: Annotated[
+        str,
         typer.Option(
-            help="sat493m or lvd1689m: what the checkpoint was pretrained on, for files that do not say "
-            "(Meta's .pth files other than the SAT-493M ViT-L). Sets the input normalisation."
+            help="Backbone checkpoint path, or 'test' (built-in tiny model); an architecture name "
+            "(vits16, vitl16...) only with --random-weights."
         ),
-    ] = None,
-    tile: Tile = None,
-    overlap: Overlap = None,
-    chunk: Chunk = None,
-    batch_size: Batch = 8,
-    bands: Bands = None,
-    zarr_format: ZarrFormat = 3,
-    workers: Workers = None,
-    scheduler: SchedulerOpt = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    allow_no_crs: NoCrs = False,
-    target_crs: TargetCrs = None,
-    target_resolution: TargetRes = None,
-    blend: Blend = "hann",
-    storage_dtype: Storage = None,
-    device: Device = None,
-    progress: Progress = True,
-    stack: StackOpt = False,
-    complex_mode: ComplexOpt = "refuse",
-    allow_overlap: OverlapOpt = False,
+    ],
+    out: Annotated[Path, typer.Option(help="Output Zarr store.")],
+    options: MapOptions,
 ) -> None:
     """Write backbone patch embeddings of raster(s) at patch resolution to a Zarr store."""
     from geodino.workflows.mapping import embed_raster
 
-    options = _run_options(
-        tile, overlap, chunk, batch_size, bands, zarr_format, workers, scheduler, resume, overwrite,
-        allow_no_crs, target_crs, target_resolution, blend, storage_dtype, device, progress,
-    )  # fmt: skip
-    options.update(stack=stack, complex_mode=complex_mode, allow_overlap=allow_overlap)
-    try:
-        ds = embed_raster([str(p) for p in inputs], backbone, out, pretraining=pretraining, **options)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
-    typer.echo(f"wrote {out}: embedding {tuple(ds['embedding'].shape)}")
+    ds = embed_raster([str(p) for p in inputs], backbone, out, options)
+    typer.echo(_wrote(out, ds))
 
 
+@cli_errors()
 def export_cog_command(
     store: Annotated[Path, typer.Argument(help="Zarr store written by geodino map / embed.")],
     var: Annotated[str, typer.Argument(help="Variable to export, e.g. classes.")],
@@ -228,15 +120,15 @@ def export_cog_command(
         str | None, typer.Option(help="Comma-separated channel indexes (0-based) or class names (default: all).")
     ] = None,
     overviews: Annotated[bool, typer.Option("--overviews/--no-overviews", help="Build overviews.")] = True,
+    allow_incomplete: Annotated[
+        bool, typer.Option("--allow-incomplete", help="Export a store whose run did not finish (gaps as nodata).")
+    ] = False,
 ) -> None:
     """Export one variable of a mapping store as a Cloud-Optimised GeoTIFF."""
     from geodino.workflows.cog import export_cog
 
     selection = None if band is None else [int(b) if b.strip().isdigit() else b.strip() for b in band.split(",")]
-    try:
-        path = export_cog(store, var, out_tif, band=selection, overviews=overviews)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+    path = export_cog(store, var, out_tif, band=selection, overviews=overviews, allow_incomplete=allow_incomplete)
     typer.echo(f"wrote {path}")
 
 
@@ -249,7 +141,12 @@ def register(app: typer.Typer) -> None:
 
 def main() -> None:
     """Entry point of ``python -m geodino.workflows.cli``."""
-    app = typer.Typer(help="geodino mapping workflows.", no_args_is_help=True, add_completion=False)
+    from geodino.cli import debug_option
+
+    app = typer.Typer(
+        help="geodino mapping workflows.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
+    app.callback()(debug_option)
     register(app)
     app()
 

@@ -8,6 +8,7 @@ overviews, rioxarray #410). CRS, transform and nodata come from the store.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def export_cog(
     overviews: bool = True,
     compress: str = "deflate",
     blocksize: int = 512,
+    allow_incomplete: bool = False,
 ) -> Path:
     """Write one variable of a mapping store as a COG, streaming chunk by chunk.
 
@@ -77,12 +79,21 @@ def export_cog(
         band: For (K, y, x) variables: 0-based channel index(es) or class name(s); None for all channels.
         overviews: Build overviews (nearest for class maps, average otherwise).
         compress: GDAL compression.
-        blocksize: Internal tile size of the COG.
+        blocksize: Internal tile size of the COG; GDAL builds overviews down to one block, so a raster no larger
+            than ``blocksize`` in both sides gets none (a warning says so).
+        allow_incomplete: Export a store whose run did not finish (missing chunks become nodata; a warning gives
+            the count). Refused otherwise.
 
     Returns:
         The path written.
+
+    Raises:
+        IncompleteStoreError: Chunks are missing and ``allow_incomplete`` is False.
     """
+    from geodino.workflows.mapping import check_complete
+
     store, out_tif = Path(store), Path(out_tif)
+    check_complete(store, allow_incomplete=allow_incomplete, stacklevel=3)
     crs, transform = _georeference(store, var)
     array = zarr.open_array(str(store), path=var, mode="r")
     attrs = dict(array.attrs)
@@ -93,6 +104,11 @@ def export_cog(
         dtype = np.dtype(np.float32)  # GeoTIFF readers rarely support float16
     nodata: float = CLASS_NODATA if dtype == np.uint8 else float("nan")
     height, width = array.shape[-2:]
+    if overviews and max(height, width) <= blocksize:
+        warnings.warn(
+            f"{out_tif}: {width} x {height} px fits in one {blocksize}-px COG block, so GDAL writes no overviews",
+            stacklevel=2,
+        )
     profile = {
         "driver": "GTiff",
         "height": height,

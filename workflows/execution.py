@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,8 +19,14 @@ from typing import Any, Literal
 
 import dask
 
+from geodino.errors import SchedulerError
+
 Scheduler = Literal["threads", "sync", "distributed"]
 _SCHEDULERS = ("threads", "sync", "distributed")
+
+#: Seconds to wait for an existing Dask scheduler to answer before giving up (distributed's own default is 30 s,
+#: retried; a scheduler that is up answers in milliseconds, one on another continent in well under a second).
+CONNECT_TIMEOUT_S = 10.0
 
 
 def build_graph(func: Callable[[Any, Any], Any], items: Sequence[Any], context: Any, name: str) -> list[Any]:
@@ -54,6 +61,7 @@ def run_tasks(
     address: str | None = None,
     progress: bool = True,
     name: str = "geodino-chunk",
+    client: Any = None,
 ) -> list[Any]:
     """Run ``func(item, context)`` for every item and return the results in order.
 
@@ -67,11 +75,16 @@ def run_tasks(
         address: Address of an existing Dask scheduler (implies "distributed").
         progress: Show a progress bar.
         name: Task-key prefix.
+        client: A ``distributed.Client`` already connected (see :func:`connect`); used instead of a new one.
 
     Returns:
         The tasks' results, in the order of ``items``.
+
+    Raises:
+        The first task's exception, once (other tasks' failures are not reported again).
+        SchedulerError: The scheduler at ``address`` does not answer within :data:`CONNECT_TIMEOUT_S`.
     """
-    if address is not None:
+    if address is not None or client is not None:
         scheduler = "distributed"
     if scheduler not in _SCHEDULERS:
         raise ValueError(f"scheduler must be one of {_SCHEDULERS}, got {scheduler!r}")
@@ -79,7 +92,10 @@ def run_tasks(
         return []
     graph = build_graph(func, items, context, name)
     if scheduler == "distributed":
-        return _run_distributed(graph, workers=workers, address=address, progress=progress)
+        if client is not None:
+            return _gather(client, graph, progress)
+        with distributed_client(workers, address) as new:
+            return _gather(new, graph, progress)
     bar = _local_progress() if progress else contextlib.nullcontext()
     with bar:
         kwargs: dict[str, Any] = {"scheduler": scheduler}
@@ -97,35 +113,99 @@ def _local_progress() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def connect(scheduler: str, workers: int | None = None, address: str | None = None) -> Iterator[Any]:
+    """The ``distributed.Client`` a run needs (None for the local schedulers), connected before anything is written.
+
+    Args:
+        scheduler: "threads", "sync" or "distributed".
+        workers: LocalCluster worker processes (distributed without ``address``).
+        address: An existing scheduler's address.
+
+    Raises:
+        SchedulerError: The scheduler does not answer within :data:`CONNECT_TIMEOUT_S` seconds.
+    """
+    if scheduler == "distributed" or address is not None:
+        with distributed_client(workers, address) as client:
+            yield client
+    else:
+        yield None
+
+
+@contextlib.contextmanager
 def distributed_client(workers: int | None = None, address: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: connected to ``address``, or to a new LocalCluster of ``workers`` processes.
 
-    A cluster created here is closed on exit; an existing scheduler is left running.
+    A cluster created here is closed on exit; an existing scheduler is left running. A LocalCluster's workers log
+    errors only (a failing task is reported once, by :func:`run_tasks`, not as one traceback per worker).
+
+    Raises:
+        SchedulerError: The scheduler at ``address`` does not answer within :data:`CONNECT_TIMEOUT_S` seconds.
     """
     from distributed import Client, LocalCluster
 
     if address is not None:
-        with Client(address) as client:
+        try:
+            _probe(address)
+            client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except (OSError, TimeoutError) as err:
+            raise SchedulerError(
+                f"no Dask scheduler answered at {address} within {CONNECT_TIMEOUT_S:g} s ({type(err).__name__}); "
+                "check the --scheduler address, or leave it out to run on this machine"
+            ) from None
+        with client:
             yield client
         return
     with (
         LocalCluster(
-            n_workers=int(workers or 2), threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=int(workers or 2),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster) as client,
     ):
+        client.run(one_line_warnings)
         yield client
 
 
-def _run_distributed(graph: list[Any], *, workers: int | None, address: str | None, progress: bool) -> list[Any]:
-    """Compute the graph on a cluster, with ``distributed.progress`` when asked."""
+def one_line_warnings() -> None:
+    """Run on a LocalCluster's workers: warnings on one line, as the CLI prints them (no Python source line)."""
+    import warnings
+
+    from geodino.errors import show_warning
+
+    warnings.showwarning = show_warning
+
+
+def _probe(address: str) -> None:
+    """Fail at once when nothing listens at a ``tcp://host:port`` address (distributed retries for its timeout).
+
+    Raises:
+        OSError: Connection refused, or no answer within :data:`CONNECT_TIMEOUT_S`.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp" or parts.hostname is None or parts.port is None:
+        return  # other transports (tls, inproc, ucx): left to distributed
+    with socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT_S):
+        pass
+
+
+def _gather(client: Any, graph: list[Any], progress: bool) -> list[Any]:
+    """Compute the graph on a cluster (``distributed.progress`` when asked); the first failure cancels the rest."""
     from distributed import progress as show_progress
 
-    with distributed_client(workers, address) as client:
-        futures = client.compute(graph)
+    futures = client.compute(graph)
+    try:
         if progress:
             show_progress(futures)
         return client.gather(futures)
+    except BaseException:
+        client.cancel(futures)
+        raise
 
 
 @functools.cache

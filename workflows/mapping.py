@@ -12,26 +12,28 @@ from __future__ import annotations
 import math
 import os
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from geodino.errors import IncompleteStoreError, InputError, ModelError, StoreMismatchError
 from geodino.raster.blend import accumulate_patch, argmax_channels, finalize, valid_to_output, window_weights
 from geodino.raster.normalize import Normalization
 from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chunks
 from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
+from geodino.workflows import manifest as _manifest
 from geodino.workflows.batching import PatchStream, batch_queue
-from geodino.workflows.execution import Scheduler, release_freed_memory, run_tasks
+from geodino.workflows.execution import connect, release_freed_memory, run_tasks
+from geodino.workflows.options import MapOptions
 from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
 from geodino.workflows.shared_patches import SHARED, SharingKey, chunks_of, sharing_key
 from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
-
-BlendKind = Literal["hann", "center", "uniform"]
 
 #: Default tile for models that do not name one (a ViT/16's 14 x 14 tokens).
 DEFAULT_TILE = 224
@@ -294,12 +296,42 @@ def run_chunk(task: ChunkTask, ctx: ChunkContext) -> int:
     Returns:
         The number of patches the model ran on.
     """
-    values, patches = predict_chunk(task, ctx)
+    try:
+        values, patches = predict_chunk(task, ctx)
+    except (ValueError, OSError) as err:  # anticipated: reported to the user as one line
+        clean = portable_error(err)
+    else:
+        clean = None
+    if clean is not None:
+        raise clean  # outside the except block: no chained context travels with it
     ctx.sink.write(task.core, chunk_outputs(values, ctx.outputs, ctx.predictor.kind))
     ctx.sink.mark_done(task.iy, task.ix)
     del values
     release_freed_memory()
     return patches
+
+
+def portable_error(err: BaseException) -> BaseException:
+    """The same error without its chain of causes, whose details move into the message when it lacks them.
+
+    A task's exception crosses process boundaries under ``dask.distributed``, which pickles its causes too; some
+    (rasterio's GDAL errors) cannot be unpickled, and the client then sees a bare ``Exception`` instead of the
+    error. Messages such as "Read failed. See previous exception for details." get that detail appended.
+    """
+    causes = []
+    cause = err.__cause__ or err.__context__
+    while cause is not None and len(causes) < 4:
+        text = " ".join(str(cause).split())
+        seen = [str(err), *causes]
+        if text and not any(text in s for s in seen) and "See previous exception" not in text:
+            causes.append(text)
+        cause = cause.__cause__ or cause.__context__
+    message = str(err) + (f" ({'; '.join(causes)})" if causes and "See previous exception" in str(err) else "")
+    try:
+        clean = type(err)(message) if len(err.args) <= 1 else type(err)(*err.args)
+    except Exception:
+        return err
+    return clean
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,47 +368,26 @@ def _variables(predictor: Predictor, outputs: Sequence[str], storage_dtype: str 
     return variables
 
 
-def _fingerprint(
-    source: RasterSource,
-    predictor: Predictor,
-    normalization: Normalization,
-    grid: PatchGrid,
-    chunk: tuple[int, int],
-    blend: str,
-    outputs: Sequence[str],
-    storage_dtype: str | None,
-    zarr_format: int,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """Every parameter that changes the bytes written; a resumed run must match it exactly."""
-    return {
-        "inputs": [os.path.abspath(p) if "://" not in p else p for p in source.paths],
-        "stack": source.stack,
-        "complex_mode": source.complex_mode,
-        "bands": list(source.bands),
-        "shape": [source.height, source.width],
-        "transform": list(source.transform)[:6],
-        "crs": source.crs.to_wkt() if source.crs is not None else None,
-        "model": predictor.describe(),
-        "normalization": [normalization.scale, list(normalization.mean), list(normalization.std)],
-        "tile": grid.patch,
-        "stride": grid.stride,
-        "factor": grid.factor,
-        "chunk": list(chunk),
-        "blend": blend,
-        "outputs": list(outputs),
-        "storage_dtype": storage_dtype or "float32",
-        "zarr_format": zarr_format,
-        **extra,
-    }
+class IncompleteStoreWarning(UserWarning):
+    """An incomplete store was opened on purpose (``allow_incomplete=True``): its missing chunks read as nodata."""
 
 
-def open_output(out: str | Path) -> xr.Dataset:
+def open_output(out: str | Path, *, allow_incomplete: bool = False) -> xr.Dataset:
     """Open a mapping output lazily with its CRS (``decode_coords="all"``); class maps stay uint8.
 
     The completion flags (``chunk_done``) are left out.
+
+    Args:
+        out: The store.
+        allow_incomplete: Open a store whose run did not finish (with an :class:`IncompleteStoreWarning` giving the
+            count); its missing chunks read as NaN (class maps: 255).
+
+    Raises:
+        IncompleteStoreError: Some chunks were never written, and ``allow_incomplete`` is False.
+        StoreMismatchError: The folder is not a geodino mapping store.
     """
     path = str(out)
+    check_complete(path, allow_incomplete=allow_incomplete, stacklevel=3)
     kwargs: dict[str, Any] = {"decode_coords": "all", "drop_variables": [DONE_VAR]}
     ds = xr.open_zarr(path, mask_and_scale=False, **kwargs)
     masked = {name: name != "classes" for name in ds.data_vars}
@@ -384,164 +395,260 @@ def open_output(out: str | Path) -> xr.Dataset:
     return xr.open_zarr(path, mask_and_scale=masked, **kwargs)
 
 
+def check_complete(path: str | Path, *, allow_incomplete: bool = False, stacklevel: int = 2) -> tuple[int, int]:
+    """``(done, total)`` chunks of a store; refuse (or, when allowed, warn about) an incomplete one.
+
+    Raises:
+        IncompleteStoreError: Chunks are missing and ``allow_incomplete`` is False.
+        StoreMismatchError: ``path`` has no completion record (not a geodino mapping store).
+    """
+    try:
+        done, total = _manifest.completeness(path)
+    except FileNotFoundError:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"output store not found: {path}") from None
+        raise StoreMismatchError(f"{path}: no {DONE_VAR} record; not a store written by geodino map / embed") from None
+    if done < total:
+        what = f"{path}: {total - done} of {total} chunks are missing (the run that wrote it did not finish)"
+        if not allow_incomplete:
+            raise IncompleteStoreError(
+                f"{what}; resume it with --resume, or allow an incomplete store explicitly "
+                "(--allow-incomplete / allow_incomplete=True; missing chunks read as NaN, class maps 255)",
+                missing=total - done,
+                total=total,
+            )
+        warnings.warn(
+            f"{what}; missing chunks read as NaN (class maps 255)", IncompleteStoreWarning, stacklevel=stacklevel
+        )
+    return done, total
+
+
 def map_raster(
     inputs: str | Path | Sequence[str | Path],
     model: Any,
     out: str | Path,
-    *,
-    tile: int | None = None,
-    overlap: int | None = None,
-    chunk: int | tuple[int, int] | None = None,
-    batch_size: int | None = None,
-    outputs: Sequence[str] | None = None,
-    blend: BlendKind = "hann",
-    bands: Sequence[int | str] | None = None,
-    zarr_format: int = 3,
-    scheduler: Scheduler = "threads",
-    workers: int | None = None,
-    address: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    allow_no_crs: bool = False,
-    target_crs: Any = None,
-    target_resolution: float | tuple[float, float] | None = None,
-    storage_dtype: str | None = None,
-    nodata: float | None = None,
-    device: str | None = None,
-    stack: bool = False,
-    complex_mode: str = "refuse",
-    allow_overlap: bool = False,
+    options: MapOptions | None = None,
+    **overrides: Any,
 ) -> xr.Dataset:
-    """Run a model over a raster of any size and write a georeferenced, chunked Zarr store.
+    """Run a model over a raster of any size and write a georeferenced, chunked Zarr store with a run manifest.
 
     Args:
-        inputs: One raster (GeoTIFF / COG / VRT) or several tiles of one mosaic.
+        inputs: One raster (GeoTIFF / COG / VRT) or several tiles of one mosaic (or, with ``stack=True``, one band
+            file per band).
         model: A Predictor, a ``"package.module:attr"`` spec, a saved geodino model path, a backbone, or an
             ``nn.Module`` / callable with ``geodino_info``.
         out: Output store (``.zarr`` directory).
-        tile: Patch side in input pixels (default: the model's, else 224).
-        overlap: Overlap of neighbouring patches in input pixels (default: tile // 4, a multiple of the factor).
-        chunk: Output chunk in OUTPUT pixels, a multiple of the output stride (default: near 2048 input px).
-        batch_size: Patches per forward pass (default: a Predictor's own, else 8).
-        outputs: Variables to write (classification: "probabilities" and/or "classes"; regression:
-            "prediction"; embedding: "embedding"). Default: all of the kind's.
-        blend: Blending window: "hann", "center" (centre-crop stitching) or "uniform".
-        bands: Input bands (1-based indexes or names).
-        zarr_format: 3 (default) or 2 (GDAL < 3.11).
-        scheduler: "threads", "sync" or "distributed".
-        workers: Threads, or LocalCluster worker processes for "distributed".
-        address: Existing Dask scheduler address (implies "distributed").
-        resume: Continue a store made with the same parameters, skipping completed chunks.
-        overwrite: Replace an existing store.
-        progress: Show a progress bar.
-        allow_no_crs: Accept inputs without a CRS.
-        target_crs: Warp the input onto this CRS first.
-        target_resolution: Warp the input onto this resolution first (target CRS units).
-        storage_dtype: "float32" (default) or "float16" for float variables (accumulation is always float32).
-        nodata: Override the input's nodata value.
-        device: torch device (default: "cuda" if available, else "cpu").
-        stack: Read the inputs, in the order given, as bands of one image (see ``RasterSource(stack=True)``).
-        complex_mode: "refuse" complex-valued bands (default) or read their "magnitude".
-        allow_overlap: Accept mosaic tiles that overlap beyond a border strip (the first listed wins).
+        options: The run's settings (:class:`~geodino.workflows.options.MapOptions`); default: all defaults.
+        **overrides: Fields of :class:`~geodino.workflows.options.MapOptions` to change, by name: ``tile``,
+            ``overlap``, ``chunk``, ``batch_size``, ``outputs``, ``blend``, ``bands``, ``zarr_format``,
+            ``scheduler``, ``workers``, ``address``, ``resume``, ``overwrite``, ``progress``, ``allow_no_crs``,
+            ``target_crs``, ``target_resolution``, ``storage_dtype``, ``nodata``, ``device``, ``tta``, ``stack``...
 
     Returns:
         The output, opened lazily with ``xr.open_zarr(out, decode_coords="all")`` (class maps kept as uint8).
 
     Raises:
-        ValueError: On bad inputs, before any task runs (wrong band count, bad tile/overlap/chunk...).
+        InputError / ValueError: On bad inputs or settings, before any store is created or task runs.
+        StoreMismatchError: ``resume`` into a store made by another run (names the fields that differ).
+        SchedulerError: The Dask scheduler does not answer (before any store is created).
     """
-    predictor = build_predictor(model, batch_size=batch_size, device=device)
-    source = RasterSource(
-        _absolute(inputs),
-        bands=bands,
-        nodata=nodata,
-        allow_no_crs=allow_no_crs,
-        target_crs=target_crs,
-        target_resolution=target_resolution,
-        stack=stack,
-        complex_mode=complex_mode,  # type: ignore[arg-type]
-        allow_overlap=allow_overlap,
-    )
-    where = ", ".join(source.paths)
-    check_bands(predictor, source.count, source.band_names, where)
-    grid = _plan_grid(source, predictor, tile, overlap)
-    chunk_hw = default_chunk(grid, predictor.out_channels) if chunk is None else _as_pair(chunk)
-    tasks = plan_chunks(grid, chunk_hw)
-    outputs = tuple(outputs) if outputs else _OUTPUTS[predictor.kind]
-    variables = _variables(predictor, outputs, storage_dtype)
-    normalization = predictor.normalization_for(source.dtype)
-    weights = window_weights(grid.out_patch, blend, grid.out_stride)
-    fingerprint = _fingerprint(
-        source,
-        predictor,
-        normalization,
-        grid,
-        chunk_hw,
-        blend,
-        outputs,
-        storage_dtype,
-        zarr_format,
-        {
-            "nodata": nodata,
-            "target_crs": str(target_crs) if target_crs else None,
-            "target_resolution": target_resolution,
-        },
-    )
-    sink = ZarrSink.create(
-        out,
-        variables=variables,
-        height=grid.out_height,
-        width=grid.out_width,
-        transform=source.output_transform(grid.factor),
-        crs=source.crs,
-        chunk=chunk_hw,
-        fingerprint=fingerprint,
-        zarr_format=zarr_format,
-        attrs=_root_attrs(source, predictor, grid, chunk_hw),
-        resume=resume,
-        overwrite=overwrite,
-    )
-    done = sink.done() if resume else set()
-    pending = [t for t in tasks if (t.iy, t.ix) not in done]
-    run = uuid.uuid4().hex
-    pending_ids = frozenset((t.iy, t.ix) for t in pending)
-    ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs, chunk_hw, run, pending_ids)
-    try:
-        run_tasks(run_chunk, pending, ctx, scheduler=scheduler, workers=workers, address=address, progress=progress)
-    finally:
-        SHARED.drop_run(run)
-    return open_output(out)
+    options = _options(options, overrides)
+    if options.pretraining is not None or options.random_weights:
+        raise InputError("pretraining / random_weights choose a backbone's weights: use embed_raster (geodino embed)")
+    check_device(options.device)
+    predictor = build_predictor(model, batch_size=options.batch_size, device=options.device)
+    return _run(inputs, predictor, out, options)
 
 
 def embed_raster(
     inputs: str | Path | Sequence[str | Path],
     backbone: Any,
     out: str | Path,
-    *,
-    pretraining: str | None = None,
-    **kwargs: Any,
+    options: MapOptions | None = None,
+    **overrides: Any,
 ) -> xr.Dataset:
     """Backbone patch embeddings of a raster, at patch resolution (a transform ``patch_size`` times coarser).
 
     Args:
         inputs: One raster or several tiles of one mosaic.
-        backbone: A backbone module (with ``.meta``), a hub name ("test", "vits16"...) or a checkpoint path.
+        backbone: A backbone module (with ``.meta``), a checkpoint path, or a hub name: "test" (the built-in tiny
+            test model) or, with ``random_weights=True`` only, an architecture such as "vits16".
         out: Output store.
-        pretraining: "sat493m" or "lvd1689m" for a checkpoint that cannot tell (Meta's .pth files other than the
-            SAT-493M ViT-L): picks the normalisation the weights were trained with.
-        **kwargs: As :func:`map_raster` (tile, overlap, chunk, batch_size, bands, scheduler, resume...).
+        options: The run's settings; ``pretraining`` ("sat493m" / "lvd1689m", for a checkpoint that cannot tell:
+            Meta's .pth files other than the SAT-493M ViT-L) picks the normalisation the weights were trained with;
+            ``random_weights`` allows a hub architecture without weights.
+        **overrides: :class:`~geodino.workflows.options.MapOptions` fields by name, as :func:`map_raster`.
 
     Returns:
         The store opened lazily; variable ``embedding`` (feature, y, x).
     """
+    options = _options(options, overrides)
+    check_device(options.device)
     predictor = from_backbone(
         backbone,
-        batch_size=kwargs.pop("batch_size", None) or 8,
-        device=kwargs.pop("device", None),
-        pretraining=pretraining,
+        batch_size=options.batch_size or 8,
+        device=options.device,
+        pretraining=options.pretraining,
+        random_weights=options.random_weights,
     )
-    return map_raster(inputs, predictor, out, batch_size=predictor.batch_size, device=predictor.device, **kwargs)
+    return _run(inputs, predictor, out, options)
+
+
+def _options(options: MapOptions | None, overrides: dict[str, Any]) -> MapOptions:
+    base = options if options is not None else MapOptions()
+    return base.replace(**overrides) if overrides else base
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before any model is built.
+
+    Raises:
+        InputError: Not a torch device name, or a CUDA device without a visible GPU (or with too few).
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {device}: no CUDA GPU is visible to torch on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+
+
+def _with_tta(predictor: Predictor, tta: str | None) -> Predictor:
+    """The predictor with test-time augmentation (``Predictor.with_options(tta=...)``) when asked."""
+    if tta is None:
+        return predictor
+    try:
+        return predictor.with_options(tta=tta)  # type: ignore[call-arg]
+    except TypeError:
+        raise ModelError(f"--tta {tta}: test-time augmentation is not available in this geodino version") from None
+
+
+def _raster_record(source: RasterSource) -> dict[str, Any]:
+    """What the source reads, for the manifest: grid, bands, stack layout, notes; paths are left to ``inputs``
+    (recorded by content there), so a respelled path still names the same run."""
+    record = {k: v for k, v in source.describe().items() if k not in ("tiles", "band_files", "resampled")}
+    return record | {"dtype": str(source.dtype)}
+
+
+def _source(inputs: str | Path | Sequence[str | Path], options: MapOptions) -> RasterSource:
+    """The input raster (a file, a mosaic or, with ``stack``, a band stack) read as the options say."""
+    return RasterSource(
+        _absolute(inputs),
+        bands=options.bands,
+        nodata=options.nodata,
+        allow_no_crs=options.allow_no_crs,
+        target_crs=options.target_crs,
+        target_resolution=options.target_resolution,
+        stack=options.stack,
+        complex_mode=options.complex_mode or "refuse",  # type: ignore[arg-type]
+        allow_overlap=options.allow_overlap,
+    )
+
+
+def _run(
+    inputs: str | Path | Sequence[str | Path], predictor: Predictor, out: str | Path, options: MapOptions
+) -> xr.Dataset:
+    """Plan, check, connect, create (or reopen) the store, run the pending chunks, record the run's end."""
+    predictor = _with_tta(predictor, options.tta)
+    source = _source(inputs, options)
+    check_bands(predictor, source.count, source.band_names, ", ".join(source.paths))
+    grid = _plan_grid(source, predictor, options.tile, options.overlap)
+    chunk_hw = default_chunk(grid, predictor.out_channels) if options.chunk is None else _as_pair(options.chunk)
+    tasks = plan_chunks(grid, chunk_hw)
+    outputs = tuple(options.outputs) if options.outputs else _OUTPUTS[predictor.kind]
+    variables = _variables(predictor, outputs, options.storage_dtype)
+    normalization = predictor.normalization_for(source.dtype)
+    weights = window_weights(grid.out_patch, options.blend, grid.out_stride)
+    manifest = _new_manifest(options, source, predictor, grid, chunk_hw, outputs, normalization, len(tasks))
+    with connect(options.scheduler, options.workers, options.address) as client:  # before any store exists
+        sink = ZarrSink.create(
+            out,
+            variables=variables,
+            height=grid.out_height,
+            width=grid.out_width,
+            transform=source.output_transform(grid.factor),
+            crs=source.crs,
+            chunk=chunk_hw,
+            manifest=manifest,
+            zarr_format=options.zarr_format,
+            attrs=_root_attrs(source, predictor, grid, chunk_hw, manifest["model"]),
+            resume=options.resume,
+            overwrite=options.overwrite,
+        )
+        done = sink.done() if options.resume else set()
+        pending = [t for t in tasks if (t.iy, t.ix) not in done]
+        run = uuid.uuid4().hex
+        pending_ids = frozenset((t.iy, t.ix) for t in pending)
+        ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs, chunk_hw, run, pending_ids)
+        status = "failed"
+        try:
+            run_tasks(
+                run_chunk,
+                pending,
+                ctx,
+                scheduler=options.scheduler,
+                workers=options.workers,
+                address=options.address,
+                progress=options.progress,
+                client=client,
+            )
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except Exception as err:
+            status = f"failed: {type(err).__name__}: {' '.join(str(err).split())}"[:300]
+            raise
+        finally:
+            SHARED.drop_run(run)
+            _record_end(sink, status)
+    return open_output(out)
+
+
+def _record_end(sink: ZarrSink, status: str) -> None:
+    """Write the run's end into the manifest; never hides the run's own error (best effort when it failed)."""
+    try:
+        sink.finish(status)
+    except Exception:
+        if status == "complete":
+            raise
+
+
+def _new_manifest(
+    options: MapOptions,
+    source: RasterSource,
+    predictor: Predictor,
+    grid: PatchGrid,
+    chunk: tuple[int, int],
+    outputs: Sequence[str],
+    normalization: Normalization,
+    chunks_total: int,
+) -> dict[str, Any]:
+    """The run manifest: options, resolved settings, input and model identities (digests: once per run)."""
+    return _manifest.build_manifest(
+        options=options,
+        inputs=_manifest.input_records(source.paths),
+        model=_manifest.model_record(predictor),
+        raster=_raster_record(source),
+        resolved={
+            "tile": grid.patch,
+            "stride": grid.stride,
+            "factor": grid.factor,
+            "chunk": list(chunk),
+            "outputs": list(outputs),
+            "storage_dtype": options.storage_dtype or "float32",
+            "normalization": [normalization.scale, list(normalization.mean), list(normalization.std)],
+        },
+        chunks_total=chunks_total,
+    )
 
 
 def _absolute(inputs: str | Path | Sequence[str | Path]) -> list[str]:
@@ -573,11 +680,18 @@ def _plan_grid(source: RasterSource, predictor: Predictor, tile: int | None, ove
     return PatchGrid(source.height, source.width, tile, tile - overlap, f)
 
 
-def _root_attrs(source: RasterSource, predictor: Predictor, grid: PatchGrid, chunk: tuple[int, int]) -> dict[str, Any]:
-    """Descriptive root attributes of the store."""
+def _root_attrs(
+    source: RasterSource, predictor: Predictor, grid: PatchGrid, chunk: tuple[int, int], model: dict[str, Any]
+) -> dict[str, Any]:
+    """Descriptive root attributes of the store (``weights: random`` says loudly what a random model made)."""
+    from geodino import __version__
+
     attrs: dict[str, Any] = {
         "title": f"geodino {predictor.kind} map",
         "model": predictor.name,
+        "weights": "random" if model["random_weights"] else (model["pretraining"] or "as given"),
+        "model_digest": model["digest"],
+        "geodino_version": __version__,
         "kind": predictor.kind,
         "source": [os.path.basename(p) for p in source.paths],
         "input_bands": list(source.band_names),

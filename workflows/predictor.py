@@ -131,17 +131,38 @@ class SpecLoader:
 
 @dataclass(frozen=True)
 class BackboneLoader:
-    """Builds a backbone (hub name such as "test"/"vits16", or a checkpoint path) wrapped as an embedder."""
+    """Builds a backbone (hub name such as "test"/"vits16", or a checkpoint path) wrapped as an embedder.
+
+    A checkpoint path is kept resolved (workers need not share our working directory) with the file's size and
+    modification time, so the per-process model cache never hands out a model loaded from an earlier version of
+    the file (the run manifest identifies the weights by the SHA-256 of their bytes).
+    """
 
     source: str
     pretraining: str | None = None  # "sat493m" / "lvd1689m" for checkpoints that cannot tell
+    random_weights: bool = False  # a hub architecture with random weights, asked for explicitly
+    stamp: str = ""  # size and mtime of a checkpoint file (cache key only)
+
+    @classmethod
+    def of(cls, source: str, pretraining: str | None = None, random_weights: bool = False) -> BackboneLoader:
+        """A loader with the checkpoint path resolved and stamped."""
+        if Path(source).exists():
+            path = Path(source).resolve()
+            stat = path.stat()
+            return cls(str(path), pretraining, random_weights, f"{stat.st_size}:{stat.st_mtime_ns}")
+        return cls(source, pretraining, random_weights)
 
     @property
     def key(self) -> str:
-        return f"backbone:{self.source}" + (f":{self.pretraining}" if self.pretraining else "")
+        key = f"backbone:{self.source}"
+        if self.pretraining:
+            key += f":{self.pretraining}"
+        return key + (f"@{self.stamp}" if self.stamp else "")
 
     def __call__(self) -> Any:
-        return EmbeddingModel(load_backbone_source(self.source, pretraining=self.pretraining))
+        return EmbeddingModel(
+            load_backbone_source(self.source, pretraining=self.pretraining, random_weights=self.random_weights)
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,7 +186,7 @@ def _object_digest(obj: Any) -> str:
     if isinstance(obj, torch.nn.Module):
         for name, tensor in obj.state_dict().items():
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
     else:
         digest.update(repr(getattr(obj, "__qualname__", id(obj))).encode())
     return digest.hexdigest()[:16]
@@ -488,35 +509,47 @@ def backbone_info(meta: Any) -> PredictorInfo:
     )
 
 
-def load_backbone_source(source: str, *, pretraining: str | None = None) -> torch.nn.Module:
-    """A backbone from a hub name ("test", "vits16", "dinov3_vitl16"...) or a checkpoint path.
+def load_backbone_source(
+    source: str, *, pretraining: str | None = None, random_weights: bool = False
+) -> torch.nn.Module:
+    """A backbone from a checkpoint path, or a hub architecture name with random weights (asked for explicitly).
 
     Args:
-        source: Checkpoint path or hub name.
+        source: Checkpoint path, or hub name: "test" (the built-in tiny test model, always random), or with
+            ``random_weights`` an architecture such as "vits16" / "dinov3_vitl16".
         pretraining: "sat493m" or "lvd1689m": the weights' pretraining data (mean/std, GSD) where the checkpoint
             cannot tell (Meta's .pth files, except the SAT-493M ViT-L); see :func:`geodino.load_backbone`.
+        random_weights: Allow a hub architecture without weights (its ``meta.weights`` is "random").
 
     Raises:
-        ValueError: If the name is neither a file nor a known hub constructor.
+        ModelError: A hub architecture without ``random_weights``; ``random_weights`` with a checkpoint file; a
+            name that is neither a file nor a hub name.
     """
+    from geodino import hub
+    from geodino.errors import ModelError
+
     if Path(source).exists():
+        if random_weights:
+            raise ModelError(f"{source} is a checkpoint file: --random-weights applies to hub names only")
         import geodino
 
         return geodino.load_backbone(source, pretraining=pretraining)
     if pretraining is not None:
-        raise ValueError(f"pretraining={pretraining!r} applies to checkpoint files; {source!r} is not a file")
-    from geodino import hub
-
-    name = source if source.startswith("dinov3_") else f"dinov3_{source}"
-    name = {"dinov3_test": "dinov3_vit_test"}.get(name, name)
-    constructor = getattr(hub, name, None)
-    if constructor is None:
-        known = sorted(n.removeprefix("dinov3_") for n in dir(hub) if n.startswith("dinov3_"))
-        raise ValueError(f"backbone {source!r} is neither a checkpoint file nor a hub name; known names: {known}")
-    # Random weights (no checkpoint): seeded, so every worker process builds the same model.
+        raise ModelError(f"pretraining={pretraining!r} applies to checkpoint files; {source!r} is not a file")
+    name = hub.resolve_name(source)
+    if name is None:
+        raise ModelError(
+            f"backbone {source!r} is neither a checkpoint file nor a hub name; known names: {hub.known_names()}"
+        )
+    if hub.needs_weights(source) and not random_weights:
+        raise ModelError(
+            f"backbone {source!r} names an architecture, not weights: give its checkpoint file "
+            f"(--backbone path/to/{name}.pth), or pass --random-weights (random_weights=True) to run it untrained"
+        )
+    # Random weights: seeded, so every worker process builds the same model.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return constructor(weights=None)
+        return getattr(hub, name)(weights=None)
 
 
 def from_backbone(
@@ -525,19 +558,25 @@ def from_backbone(
     batch_size: int = 8,
     device: str | None = None,
     pretraining: str | None = None,
+    random_weights: bool = False,
 ) -> Predictor:
     """An embedding Predictor: patch tokens after the final norm, f = patch size, mean/std from ``meta``.
 
     Args:
-        backbone: A backbone module (with ``.meta``), a hub name ("test", "vits16") or a checkpoint path.
+        backbone: A backbone module (with ``.meta``), a checkpoint path, or a hub name ("test"; others only with
+            ``random_weights``).
         batch_size: Patches per forward pass.
         device: torch device, or None for automatic.
         pretraining: For checkpoint paths: "sat493m" or "lvd1689m" where the file cannot tell.
+        random_weights: Allow a hub architecture name without weights (see :func:`load_backbone_source`).
     """
-    if pretraining is not None and not isinstance(backbone, str):
-        raise ValueError("pretraining= applies to checkpoint paths; a loaded backbone already carries its .meta")
-    if isinstance(backbone, str):
-        loader: Callable[[], Any] = BackboneLoader(backbone, pretraining)
+    if (pretraining is not None or random_weights) and not isinstance(backbone, str | Path):
+        raise ValueError(
+            "pretraining= / random_weights= apply to checkpoint paths and hub names, not to a loaded "
+            "backbone (it already carries its .meta)"
+        )
+    if isinstance(backbone, str | Path):
+        loader: Callable[[], Any] = BackboneLoader.of(str(backbone), pretraining, random_weights)
         module = loader()
     else:
         module = EmbeddingModel(backbone)

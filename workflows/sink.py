@@ -9,13 +9,15 @@ one task owns one chunk, so no two writers ever touch the same chunk.
 Completion is recorded explicitly in a small uint8 array ``chunk_done`` (dims ``chunk_y, chunk_x``, one Zarr
 chunk per flag, so tasks never share a flag chunk): after a chunk's data is written, its flag is set to 1. A resumed
 run skips the flagged chunks. (With zarr's ``write_empty_chunks=False`` an all-fill chunk is absent on disk, so
-absence of data proves nothing.) The run's parameters are stored as a fingerprint in the root attributes;
-resuming into a store made with other parameters is refused.
+absence of data proves nothing.) The run manifest (:mod:`geodino.workflows.manifest`) is stored in the root
+attributes; resuming into a store made by a run with other inputs, model or settings is refused, naming the fields
+that differ.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,15 +29,14 @@ import numpy as np
 import zarr
 from affine import Affine
 
+from geodino.errors import OutputError, StoreMismatchError
 from geodino.raster.windows import Window
+from geodino.workflows import manifest as _manifest
+
+__all__ = ["CLASS_NODATA", "DONE_VAR", "OutputVar", "StoreMismatchError", "ZarrSink", "pixel_centres"]
 
 DONE_VAR = "chunk_done"
-FINGERPRINT_ATTR = "geodino_run"
 CLASS_NODATA = 255
-
-
-class StoreMismatchError(ValueError):
-    """A store exists but was made with different parameters (or is not a geodino store)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _is_store(path: Path) -> bool:
 
 
 def _jsonable(value: Any) -> Any:
-    """A JSON round-trip of ``value`` (tuples become lists), so fingerprints compare equal after reopening."""
+    """A JSON round-trip of ``value`` (tuples become lists), so manifests compare equal after reopening."""
     return json.loads(json.dumps(value, default=str))
 
 
@@ -115,13 +116,13 @@ class ZarrSink:
         transform: Affine,
         crs: Any,
         chunk: tuple[int, int],
-        fingerprint: Mapping[str, Any],
+        manifest: Mapping[str, Any],
         zarr_format: int = 3,
         attrs: Mapping[str, Any] | None = None,
         resume: bool = False,
         overwrite: bool = False,
     ) -> ZarrSink:
-        """Create the store with metadata only, or reopen it for ``resume`` after checking its fingerprint.
+        """Create the store with metadata only, or reopen it for ``resume`` after checking its manifest.
 
         Args:
             path: Store directory (``.zarr``).
@@ -131,7 +132,8 @@ class ZarrSink:
             transform: Output geotransform (of the output grid, not the input's when coarser).
             crs: Output CRS (rasterio CRS or anything rioxarray accepts), or None.
             chunk: Output chunk (rows, cols) = Zarr chunk = one task.
-            fingerprint: JSON-able run parameters; a resumed store must have been made with equal ones.
+            manifest: The run manifest; a resumed store's must have an equal
+                :func:`~geodino.workflows.manifest.identity` (same inputs, model and result-changing settings).
             zarr_format: 3 (default) or 2 (for GDAL < 3.11).
             attrs: Extra root attributes.
             resume: Reopen an existing store made with the same parameters (create it if absent).
@@ -139,37 +141,65 @@ class ZarrSink:
 
         Raises:
             FileExistsError: The store exists and neither ``resume`` nor ``overwrite`` is set.
-            StoreMismatchError: ``resume`` into a store made with other parameters.
+            StoreMismatchError: ``resume`` into a store made by another run (the message names what differs).
+            OutputError: The store cannot be written there (a parent that is a file, no permission...).
         """
         path = Path(path).absolute()
         if zarr_format not in (2, 3):
             raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
-        fingerprint = _jsonable(dict(fingerprint))
+        manifest = _jsonable(dict(manifest))
         sink = cls(path, variables, chunk)
         if path.exists():
             if overwrite:
                 _remove_store(path)
             elif resume:
-                sink._check_fingerprint(fingerprint)
+                sink._resume(manifest)
                 return sink
             else:
                 raise FileExistsError(f"{path} already exists: pass --resume to continue it or --overwrite")
-        sink._create(height, width, transform, crs, zarr_format, fingerprint, dict(attrs or {}))
+        try:
+            sink._create(height, width, transform, crs, zarr_format, manifest, dict(attrs or {}))
+        except OSError as err:
+            raise OutputError(_unwritable(path, err)) from err
         return sink
 
-    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
-        """Refuse to resume into a store made with other parameters."""
+    def _resume(self, manifest: dict[str, Any]) -> None:
+        """Refuse to resume into a store made by another run; else record this run in its manifest."""
         if not _is_store(self.path):
             raise StoreMismatchError(f"{self.path} exists but is not a Zarr store; use --overwrite or another path")
-        found = zarr.open_group(str(self.path), mode="r").attrs.get(FINGERPRINT_ATTR)
+        group = zarr.open_group(str(self.path), mode="r")
+        found = group.attrs.get(_manifest.MANIFEST_ATTR)
         if found is None:
-            raise StoreMismatchError(f"{self.path} was not made by geodino mapping; use --overwrite")
-        if found != fingerprint:
-            keys = sorted(k for k in set(found) | set(fingerprint) if found.get(k) != fingerprint.get(k))
-            details = "; ".join(f"{k}: store {found.get(k)!r} vs now {fingerprint.get(k)!r}" for k in keys[:5])
+            made = "an older geodino (no run manifest)" if "geodino_run" in group.attrs else "something else"
+            raise StoreMismatchError(f"{self.path} was made by {made}; cannot resume it, use --overwrite")
+        diffs = _manifest.differences(_manifest.identity(found), _manifest.identity(manifest))
+        if diffs:
+            diffs = _manifest.describe_inputs(diffs, found)
+            shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
             raise StoreMismatchError(
-                f"{self.path} was made with different parameters ({details}); cannot resume, use --overwrite"
+                f"{self.path} was made with different parameters ({shown}); cannot resume, use --overwrite"
             )
+        history = [*found.get("history", []), found["run"]]
+        self.update_manifest({**manifest, "history": history})
+
+    def manifest(self) -> dict[str, Any]:
+        """The run manifest stored in the store."""
+        return dict(zarr.open_group(str(self.path), mode="r").attrs[_manifest.MANIFEST_ATTR])
+
+    def update_manifest(self, manifest: dict[str, Any]) -> None:
+        """Replace the stored manifest (driver only: tasks never write root attributes) and reconsolidate."""
+        group = zarr.open_group(str(self.path), mode="r+")
+        group.attrs[_manifest.MANIFEST_ATTR] = _jsonable(manifest)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            zarr.consolidate_metadata(str(self.path))
+
+    def finish(self, status: str) -> None:
+        """Record the end of this run in the manifest: time, status, chunks done (best effort on failures)."""
+        manifest = self.manifest()
+        done = len(self.done())
+        manifest["run"] = {**manifest["run"], "finished": _manifest.now(), "status": status, "chunks_done": done}
+        self.update_manifest(manifest)
 
     def _create(
         self,
@@ -178,7 +208,7 @@ class ZarrSink:
         transform: Affine,
         crs: Any,
         zarr_format: int,
-        fingerprint: dict[str, Any],
+        manifest: dict[str, Any],
         attrs: dict[str, Any],
     ) -> None:
         """Write the metadata-only store and the empty completion record."""
@@ -212,7 +242,7 @@ class ZarrSink:
             ds = ds.rio.write_crs(crs)
         ds = ds.rio.write_transform(transform)
         ds.attrs.update(_jsonable(attrs))
-        ds.attrs[FINGERPRINT_ATTR] = fingerprint
+        ds.attrs[_manifest.MANIFEST_ATTR] = manifest
         grid = (-(-height // self.chunk[0]), -(-width // self.chunk[1]))
         ds[DONE_VAR] = xr.DataArray(
             da.zeros(grid, chunks=(1, 1), dtype="uint8"),
@@ -289,6 +319,11 @@ def _remove_store(path: Path) -> None:
     raise FileExistsError(f"{path} exists and is not a Zarr store; refusing to delete it with --overwrite")
 
 
-def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
-    """The run parameters stored in a geodino output store, or None."""
-    return zarr.open_group(str(path), mode="r").attrs.get(FINGERPRINT_ATTR)
+def _unwritable(path: Path, err: OSError) -> str:
+    """Why a store cannot be created at ``path``, naming the culprit (a parent that is a file, permissions...)."""
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"cannot create the output store {path}: {parent} is a file, not a folder"
+    if parent is not None and not os.access(parent, os.W_OK):
+        return f"cannot create the output store {path}: {parent} is not writable"
+    return f"cannot create the output store {path}: {err.strerror or err}"
