@@ -54,6 +54,7 @@ def run_tasks(
     address: str | None = None,
     progress: bool = True,
     name: str = "geodino-chunk",
+    device: str | None = None,
 ) -> list[Any]:
     """Run ``func(item, context)`` for every item and return the results in order.
 
@@ -67,6 +68,8 @@ def run_tasks(
         address: Address of an existing Dask scheduler (implies "distributed").
         progress: Show a progress bar.
         name: Task-key prefix.
+        device: The model's device; "cuda" on a cluster gives each worker its own GPU
+            (:mod:`geodino.workflows.devices`).
 
     Returns:
         The tasks' results, in the order of ``items``.
@@ -79,7 +82,7 @@ def run_tasks(
         return []
     graph = build_graph(func, items, context, name)
     if scheduler == "distributed":
-        return _run_distributed(graph, workers=workers, address=address, progress=progress)
+        return _run_distributed(graph, workers=workers, address=address, progress=progress, device=device)
     bar = _local_progress() if progress else contextlib.nullcontext()
     with bar:
         kwargs: dict[str, Any] = {"scheduler": scheduler}
@@ -97,31 +100,42 @@ def _local_progress() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def distributed_client(workers: int | None = None, address: str | None = None) -> Iterator[Any]:
+def distributed_client(
+    workers: int | None = None, address: str | None = None, device: str | None = None
+) -> Iterator[Any]:
     """A ``distributed.Client``: connected to ``address``, or to a new LocalCluster of ``workers`` processes.
 
+    With ``device="cuda"``, each worker is pinned to one GPU: a local cluster has one worker per visible GPU
+    (``workers`` of them if given), the workers of an existing scheduler use the GPUs of their own machines.
     A cluster created here is closed on exit; an existing scheduler is left running.
     """
     from distributed import Client, LocalCluster
 
+    from geodino.workflows import devices
+
     if address is not None:
         with Client(address) as client:
+            if devices.wants_gpu_per_worker(device):
+                devices.pin_workers(client)
             yield client
         return
-    with (
-        LocalCluster(
+    if devices.wants_gpu_per_worker(device):
+        cluster = devices.gpu_local_cluster(devices.assign_gpus(workers, devices.visible_gpus()))
+    else:
+        cluster = LocalCluster(
             n_workers=int(workers or 2), threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    with cluster, Client(cluster) as client:
         yield client
 
 
-def _run_distributed(graph: list[Any], *, workers: int | None, address: str | None, progress: bool) -> list[Any]:
+def _run_distributed(
+    graph: list[Any], *, workers: int | None, address: str | None, progress: bool, device: str | None = None
+) -> list[Any]:
     """Compute the graph on a cluster, with ``distributed.progress`` when asked."""
     from distributed import progress as show_progress
 
-    with distributed_client(workers, address) as client:
+    with distributed_client(workers, address, device) as client:
         futures = client.compute(graph)
         if progress:
             show_progress(futures)

@@ -315,11 +315,7 @@ def _variables(predictor: Predictor, outputs: Sequence[str], storage_dtype: str 
     unknown = [o for o in outputs if o not in allowed]
     if unknown or not outputs:
         raise ValueError(f"outputs {list(outputs)} not available for a {predictor.kind} model; choose from {allowed}")
-    attrs: dict[str, Any] = {"model": predictor.name}
-    if predictor.class_names:
-        attrs["class_names"] = list(predictor.class_names)
-    if predictor.class_colours:
-        attrs["class_colours"] = [list(c) for c in predictor.class_colours]
+    attrs = predictor.info.output_attrs()
     k = predictor.out_channels
     variables = []
     for name in outputs:
@@ -497,7 +493,10 @@ def map_raster(
     pending_ids = frozenset((t.iy, t.ix) for t in pending)
     ctx = ChunkContext(source, predictor, normalization, grid, weights, sink, outputs, chunk_hw, run, pending_ids)
     try:
-        run_tasks(run_chunk, pending, ctx, scheduler=scheduler, workers=workers, address=address, progress=progress)
+        run_tasks(
+            run_chunk, pending, ctx, scheduler=scheduler, workers=workers, address=address, progress=progress,
+            device=predictor.device,
+        )  # fmt: skip
     finally:
         SHARED.drop_run(run)
     return open_output(out)
