@@ -46,7 +46,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from geodino.models.vit import DinoVisionTransformer
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelFileError", "describe_model", "file_sha256", "load_model", "save_model"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "describe_model",
+    "file_sha256",
+    "is_model_file",
+    "load_model",
+    "read_model_info",
+    "save_model",
+]
 
 FORMAT = "geodino-model"
 FORMAT_VERSION = 1
@@ -330,6 +340,15 @@ def _what_it_is(payload: Any) -> str:
     return f"no 'format': '{FORMAT}' entry; top-level keys: {keys}" + (
         " (a state dict? load backbones with geodino.load_backbone)" if keys and "." in str(keys[0]) else ""
     )
+
+
+def is_model_file(path: str | Path) -> bool:
+    """True if ``path`` is a saved geodino model (of any format version, damaged or not), judged by content."""
+    try:
+        read_model_file(path)
+    except ModelFileError as err:
+        return "not a geodino model" not in str(err) and "no such file" not in str(err)
+    return True
 
 
 def read_model_info(path: str | Path) -> ModelInfo:

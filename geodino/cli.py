@@ -19,20 +19,31 @@ app = typer.Typer(
 
 @app.command()
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="Meta .pth, timm state dict, Hugging Face folder/.safetensors")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="Saved geodino model, or Meta .pth, timm state dict, Hugging Face folder/.safetensors"),
+    ],
     pretraining: Annotated[
         str | None, typer.Option(help="sat493m or lvd1689m, when the file cannot tell (sets normalisation)")
     ] = None,
 ) -> None:
-    """Show what a backbone checkpoint holds: architecture, parameters, normalisation, ignored keys."""
+    """Show what a saved model or a backbone checkpoint holds: task, classes or units, architecture, normalisation."""
     import warnings
 
     from rich.console import Console
     from rich.table import Table
 
+    from geodino.bundle import ModelFileError, describe_model, is_model_file
     from geodino.models.checkpoint import CheckpointError, load_backbone
 
     console = Console()
+    if checkpoint.is_file() and is_model_file(checkpoint):
+        try:
+            typer.echo(describe_model(checkpoint))
+        except ModelFileError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        return
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
