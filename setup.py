@@ -8,9 +8,12 @@ folder with an ``__init__.py``) and maps them under the wing's name, so a new su
 
 from setuptools import find_packages, setup
 
-WINGS = {"geodino": "geodino", "geodino.training": "training", "geodino.heads": "heads", "geodino.workflows": "workflows"}
+WINGS = {
+    "geodino": "geodino",
+    "geodino.training": "training",
+    "geodino.heads": "heads",
+    "geodino.workflows": "workflows",
+}
 
-packages = [
-    f"{name}.{sub}" if sub else name for name, folder in WINGS.items() for sub in ["", *find_packages(folder)]
-]
+packages = [f"{name}.{sub}" if sub else name for name, folder in WINGS.items() for sub in ["", *find_packages(folder)]]
 setup(packages=packages, package_dir=WINGS)
