@@ -61,6 +61,8 @@ __all__ = [
 FORMAT = "geodino-model"
 FORMAT_VERSION = 1
 _INFO_FIELDS = {f.name for f in fields(ModelInfo)}
+# What a backbone says about a model's input (a head says what its outputs are).
+_INPUT_FIELDS = ("in_bands", "mean", "std", "scale", "band_names", "gsd", "tile", "multiple", "name")
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -147,14 +149,53 @@ def save_model(
         payload["state_dict"] = {
             k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")
         }
-    _check_forward(model if head is not None else backbone, model_info, head is None, str(path))
+    module = model if head is not None else backbone
+    _check_forward(module, model_info, head is None, str(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(payload, tmp)
+        _check_rebuilds(module, tmp, model_info, head is None, path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _check_rebuilds(module: Any, written: Path, info: ModelInfo, embedding: bool, path: Path) -> None:
+    """Load the file just written and compare its outputs with the model's on one random input.
+
+    Catches a joining module or head whose constructor arguments are not all in its config (the rebuilt model
+    would compute something else).
+    """
+    import torch
+
+    rebuilt = load_model(written)
+    side = 4 * math.lcm(info.multiple, info.factor)
+    x = torch.randn(2, info.in_bands, side, side, generator=torch.Generator().manual_seed(0))
+    device = next(iter(module.parameters())).device
+    y, y_rebuilt = _run(module, x.to(device), embedding).cpu(), _run(rebuilt, x, embedding)
+    # Same weights and code on the same device agree to the rounding of their kernels; another device less closely.
+    tol = 1e-5 if device.type == "cpu" else 1e-3
+    if y.shape != y_rebuilt.shape or not torch.allclose(y, y_rebuilt, rtol=tol, atol=tol):
+        raise ModelFileError(
+            f"{path}: the model rebuilt from the file computes something else than the model saved (max difference "
+            f"{(y - y_rebuilt).abs().max().item() if y.shape == y_rebuilt.shape else 'of shape'}): does "
+            f"{type(module).__name__}.config() (or its head's) hold every constructor argument?"
+        )
+
+
+def _run(module: Any, x: torch.Tensor, embedding: bool) -> torch.Tensor:
+    """The model's output on ``x`` in eval mode (first element of a tuple output); the mode is restored."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            y = module.get_intermediate_layers(x, n=1, reshape=True, norm=True)[0] if embedding else module(x)
+    finally:
+        module.train(was_training)
+    return (y[0] if isinstance(y, tuple | list) else y).float()
 
 
 def _parts(model: Any) -> tuple[DinoVisionTransformer, Any]:
@@ -187,15 +228,29 @@ def _describe(module: Any) -> dict[str, Any]:
 
 
 def _compose_info(model: Any, backbone: Any, head: Any, info: Any, overrides: Mapping[str, Any]) -> ModelInfo:
-    """Backbone input side, then the head's (and the joining module's) description, then explicit fields."""
+    """The backbone's input side, the head's (then the joining module's) description of the outputs, then
+    ``model.geodino_info``, ``info`` and explicit fields."""
     unknown = sorted(set(overrides) - _INFO_FIELDS)
     if unknown:
         raise ModelFileError(f"unknown model-info fields {unknown}; known: {sorted(_INFO_FIELDS)}")
     base = backbone.meta.model_info().to_dict()
     if head is not None:
+        base = {k: base[k] for k in _INPUT_FIELDS}
         base["name"] = f"{backbone.meta.name}+{type(head).__name__}"
-        for described in (_describe(head), _describe(model) if callable(getattr(model, "describe", None)) else {}):
-            base.update({k: v for k, v in described.items() if k in _INFO_FIELDS})
+        described = _describe(head)
+        if callable(getattr(model, "describe", None)):
+            described.update(_describe(model))
+        if "bands" in described and "band_names" not in described:
+            described["band_names"] = described["bands"]
+        if "factor" in described and described["factor"] is None:
+            raise ModelFileError(
+                f"{type(model).__name__} has no fixed output stride (describe() gives factor None, e.g. a padded "
+                "output size): geodino maps only models whose output grid is the input grid divided by a factor"
+            )
+        missing = [k for k in ("kind", "out_channels", "factor") if described.get(k) is None]
+        if missing:
+            raise ModelFileError(f"{type(head).__name__}.describe() does not give {missing}")
+        base.update({k: v for k, v in described.items() if k in _INFO_FIELDS})
     for extra in (getattr(model, "geodino_info", None), info):
         if extra is not None:
             base.update(extra.to_dict() if isinstance(extra, ModelInfo) else dict(extra))
@@ -513,21 +568,14 @@ def _check_forward(model: Any, info: ModelInfo, embedding: bool, where: str) -> 
     import torch
 
     side = 4 * math.lcm(info.multiple, info.factor)
-    x = torch.zeros(1, info.in_bands, side, side)
-    was_training = model.training
-    model.eval()
+    device = next(iter(model.parameters())).device
     try:
-        with torch.inference_mode():
-            y = model.get_intermediate_layers(x, n=1, reshape=True, norm=True)[0] if embedding else model(x)
-            if isinstance(y, tuple | list):
-                y = y[0]
+        y = _run(model, torch.zeros(1, info.in_bands, side, side, device=device), embedding)
     except (RuntimeError, ValueError, IndexError) as err:
         raise ModelFileError(
             f"{where}: the head does not fit its backbone (width {_width(model)}): a forward pass on a "
             f"{side}x{side} input failed: {str(err).splitlines()[0]}"
         ) from err
-    finally:
-        model.train(was_training)
     expected = (1, info.out_channels, side // info.factor, side // info.factor)
     if tuple(y.shape) != expected:
         raise ModelFileError(

@@ -45,7 +45,8 @@ class ModelInfo:
         band_names: Names of the expected input bands, in channel order.
         gsd: Ground sample distance the model was trained at, in metres (None: unknown).
         units: Units of regression outputs, e.g. "m" (None: unitless or unknown).
-        valid_range: (low, high) of meaningful regression outputs, e.g. (0.0, 96.0) metres of canopy height.
+        valid_range: (low, high) of meaningful regression outputs, e.g. (0.0, 96.0) metres of canopy height; None
+            on a side: unbounded there.
         channel_names: One name per output channel (regression/embedding), e.g. ("canopy_height", "uncertainty").
     """
 
@@ -65,7 +66,7 @@ class ModelInfo:
     band_names: tuple[str, ...] | None = None
     gsd: float | None = None
     units: str | None = None
-    valid_range: tuple[float, float] | None = None
+    valid_range: tuple[float | None, float | None] | None = None
     channel_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -97,10 +98,12 @@ class ModelInfo:
             len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.class_colours
         ):
             raise ValueError(f"class colours must be (r, g, b) triples in 0..255, got {self.class_colours}")
-        if self.valid_range is not None and not (
-            len(self.valid_range) == 2 and self.valid_range[0] < self.valid_range[1]
-        ):
-            raise ValueError(f"valid_range must be (low, high) with low < high, got {self.valid_range}")
+        if self.valid_range is not None:
+            low, high = self.valid_range if len(self.valid_range) == 2 else (1, 0)
+            if len(self.valid_range) != 2 or (low is not None and high is not None and not low < high):
+                raise ValueError(
+                    f"valid_range must be (low, high), low < high, None: unbounded; got {self.valid_range}"
+                )
         if (self.units is not None or self.valid_range is not None) and self.kind == "classification":
             raise ValueError("units and valid_range describe regression outputs, not class probabilities")
 
@@ -137,7 +140,7 @@ class ModelInfo:
         if values.get("class_colours") is not None:
             values["class_colours"] = tuple(tuple(int(v) for v in c) for c in values["class_colours"])
         if values.get("valid_range") is not None:
-            values["valid_range"] = tuple(float(v) for v in values["valid_range"])
+            values["valid_range"] = tuple(None if v is None else float(v) for v in values["valid_range"])
         try:
             return cls(**values)
         except TypeError as err:  # a required field missing
@@ -161,8 +164,14 @@ class ModelInfo:
             attrs["class_colours"] = [list(c) for c in self.class_colours]
         if self.units:
             attrs["units"] = self.units
-        if self.valid_range is not None:
-            attrs["valid_range"] = list(self.valid_range)
+        if self.valid_range is not None:  # CF: valid_range, or valid_min / valid_max for a half-open range
+            low, high = self.valid_range
+            if low is not None and high is not None:
+                attrs["valid_range"] = [low, high]
+            elif low is not None:
+                attrs["valid_min"] = low
+            elif high is not None:
+                attrs["valid_max"] = high
         if self.channel_names:
             attrs["channel_names"] = list(self.channel_names)
         return attrs
@@ -191,7 +200,8 @@ class ModelInfo:
         if self.units:
             rows["units"] = self.units
         if self.valid_range is not None:
-            rows["valid range"] = f"{self.valid_range[0]:g} .. {self.valid_range[1]:g}"
+            low, high = ("" if v is None else f"{v:g}" for v in self.valid_range)
+            rows["valid range"] = f"{low or '-inf'} .. {high or 'inf'}"
         return rows
 
 

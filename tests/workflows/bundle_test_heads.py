@@ -92,3 +92,14 @@ def tiny_model(seed: int = 0, **head: Any) -> Joined:
 
     torch.manual_seed(seed)
     return Joined(hub.dinov3_vit_test(), TinyHead(seed=seed, **head)).eval()
+
+
+class ScaledJoined(Joined):
+    """``Joined`` times a constant that its (missing) config() would not record."""
+
+    def __init__(self, backbone: nn.Module, head: TinyHead, scale: float = 1.0):
+        super().__init__(backbone, head)
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x) * self.scale

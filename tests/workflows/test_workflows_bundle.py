@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_test_heads import Joined, TinyHead, tiny_model
+from bundle_test_heads import Joined, ScaledJoined, TinyHead, tiny_model
 
 import geodino
 from geodino import hub
@@ -159,6 +159,10 @@ def test_saving_refuses_what_would_not_load_back(model: Joined, tmp_path: Path) 
         save_model(tmp_path / "d.gdm", model, colour="red")
     with pytest.raises(ModelFileError, match="takes a geodino backbone"):
         save_model(tmp_path / "e.gdm", torch.nn.Conv2d(3, 3, 1))
+    # A constructor argument the file does not record: the rebuilt model would compute something else.
+    with pytest.raises(ModelFileError, match=r"rebuilt from the file computes something else"):
+        save_model(tmp_path / "f.gdm", ScaledJoined(model.backbone, model.head, scale=2.0))
+    save_model(tmp_path / "g.gdm", ScaledJoined(model.backbone, model.head, scale=1.0)).unlink()
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
