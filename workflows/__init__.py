@@ -7,9 +7,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from geodino.workflows.cog import export_cog
     from geodino.workflows.mapping import embed_raster, map_raster, open_output
-    from geodino.workflows.predictor import Predictor, PredictorInfo, build_predictor
+    from geodino.workflows.predictor import Predictor, PredictorInfo, build_predictor, load_predictor
 
-__all__ = ["Predictor", "PredictorInfo", "build_predictor", "embed_raster", "export_cog", "map_raster", "open_output"]
+__all__ = [
+    "Predictor",
+    "PredictorInfo",
+    "build_predictor",
+    "embed_raster",
+    "export_cog",
+    "load_predictor",
+    "map_raster",
+    "open_output",
+]
 
 _LAZY = {
     "map_raster": "geodino.workflows.mapping",
@@ -19,6 +28,7 @@ _LAZY = {
     "Predictor": "geodino.workflows.predictor",
     "PredictorInfo": "geodino.workflows.predictor",
     "build_predictor": "geodino.workflows.predictor",
+    "load_predictor": "geodino.workflows.predictor",
 }
 
 
