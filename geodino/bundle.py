@@ -147,7 +147,7 @@ def save_model(
             "config": _plain_config(model, "model") if callable(getattr(model, "config", None)) else {},
         }
         payload["state_dict"] = {
-            k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")
+            k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("backbone.")
         }
     module = model if head is not None else backbone
     _check_forward(module, model_info, head is None, str(path))
@@ -268,7 +268,7 @@ def _backbone_entry(backbone: Any, backbone_file: str | Path | None, model_path:
         "options": {"input_padding": str(backbone.input_padding)},
     }
     if backbone_file is None:
-        entry["state_dict"] = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+        entry["state_dict"] = {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
         return entry
     file = Path(backbone_file).expanduser().resolve()
     if not file.exists():
@@ -480,13 +480,18 @@ def _build_backbone(entry: Mapping[str, Any], path: Path) -> DinoVisionTransform
     return backbone
 
 
+def _candidates(ref: Mapping[str, Any], path: Path) -> list[Path]:
+    """Where a referenced backbone file may be: beside the model (its saved relative path), then its absolute path."""
+    candidates = [path.resolve().parent / ref["relative"]] if ref.get("relative") else []
+    return [*candidates, Path(ref["path"])]
+
+
 def _referenced_file(ref: Any, path: Path) -> Path:
     """The referenced backbone checkpoint: beside the model (its relative path) or at its absolute path,
     with the size and SHA-256 it had when the model was saved."""
     if not isinstance(ref, Mapping) or not {"path", "size", "sha256"} <= set(ref):
         raise ModelFileError(f"{path}: damaged geodino model: no backbone weights (neither embedded nor referenced)")
-    candidates = [path.resolve().parent / ref["relative"]] if ref.get("relative") else []
-    candidates.append(Path(ref["path"]))
+    candidates = _candidates(ref, path)
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise ModelFileError(
@@ -611,11 +616,12 @@ def describe_model(path: str | Path) -> str:
         rows["backbone weights"] = f"embedded ({n:,} parameters)"
     else:
         ref = bb.get("file") or {}
-        present = Path(ref.get("path", "")).is_file()
-        status = "present" if present else "MISSING"
-        if present and Path(ref["path"]).stat().st_size != ref.get("size"):
+        found = next((c for c in _candidates(ref, path) if c.is_file()), None) if "path" in ref else None
+        status = "MISSING" if found is None else "present, size matches (not re-hashed)"
+        if found is not None and found.stat().st_size != ref.get("size"):
             status = "CHANGED (size differs)"
-        rows["backbone weights"] = f"referenced: {ref.get('path')} ({status}; SHA-256 {str(ref.get('sha256'))[:12]})"
+        where = found or ref.get("path")
+        rows["backbone weights"] = f"referenced: {where} ({status}; SHA-256 {str(ref.get('sha256'))[:12]})"
     head = payload["head"]
     if head is None:
         rows["head"] = "none (embedding model: backbone patch tokens after the final norm)"
