@@ -117,3 +117,17 @@ def test_map_a_saved_binned_dpt_model_writes_metres_and_uncertainty(tmp_path: Pa
     a = map_raster(NEON, predictor, tmp_path / "a.zarr", chunk=96, progress=False).prediction.values
     b = map_raster(NEON, predictor, tmp_path / "b.zarr", chunk=(144, 240), progress=False).prediction.values
     assert np.array_equal(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize("decoder", ["upernet"])
+def test_smp_decoder_round_trip(decoder: str, tmp_path: Path) -> None:
+    pytest.importorskip("segmentation_models_pytorch")
+    from geodino.heads import SmpHead
+
+    head = SmpHead(64, [0, 1, 2, 3], decoder=decoder, kind="classification", out_channels=4)
+    model = DenseModel(_backbone(), head.eval()).eval()
+    loaded = load_model(save_model(tmp_path / f"{decoder}.gdm", model))
+    assert isinstance(loaded.head, SmpHead)
+    with torch.inference_mode():
+        assert torch.equal(model(_x()), loaded(_x()))
+    assert loaded.geodino_info.out_channels == 4
