@@ -48,6 +48,7 @@ class ModelInfo:
         valid_range: (low, high) of meaningful regression outputs, e.g. (0.0, 96.0) metres of canopy height; None
             on a side: unbounded there.
         channel_names: One name per output channel (regression/embedding), e.g. ("canopy_height", "uncertainty").
+        overlap: Preferred overlap of neighbouring tiles in input pixels, or None for the workflow default.
     """
 
     in_bands: int
@@ -68,6 +69,7 @@ class ModelInfo:
     units: str | None = None
     valid_range: tuple[float | None, float | None] | None = None
     channel_names: tuple[str, ...] | None = None
+    overlap: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -76,6 +78,8 @@ class ModelInfo:
             raise ValueError(f"in_bands, out_channels, factor and multiple must be >= 1: {self}")
         if self.tile is not None and self.tile < 1:
             raise ValueError(f"tile must be >= 1 or None, got {self.tile}")
+        if self.overlap is not None and not 0 <= self.overlap < (self.tile or self.overlap + 1):
+            raise ValueError(f"overlap must be in [0, tile) or None, got {self.overlap} (tile {self.tile})")
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {self.activation!r}")
         per_band = {"mean": self.mean, "std": self.std, "band_names": self.band_names}
@@ -186,7 +190,10 @@ class ModelInfo:
             "mean": _floats(self.mean) if self.mean else "0",
             "std": _floats(self.std) if self.std else "1",
             "GSD": f"{self.gsd:g} m" if self.gsd else "unknown",
-            "tile / multiple / output stride": f"{self.tile or 'default'} / {self.multiple} / {self.factor}",
+            "tile / overlap / multiple / output stride": (
+                f"{self.tile or 'default'} / {'default' if self.overlap is None else self.overlap} / "
+                f"{self.multiple} / {self.factor}"
+            ),
             "outputs": f"{self.out_channels} channels, activation {self.output_activation}",
         }
         if self.class_names:

@@ -52,6 +52,7 @@ def test_predictor_info_is_the_contract() -> None:
         ({"units": "m"}, "describe regression outputs"),
         ({"activation": "relu"}, "activation must be one of"),
         ({"tile": 0}, "tile must be >= 1"),
+        ({"overlap": 256}, r"overlap must be in \[0, tile\)"),
         ({"kind": "regression", "class_names": None, "class_colours": None, "valid_range": (5.0, 1.0)}, "low < high"),
         ({"kind": "regression", "class_colours": None}, "class_names are for classification"),
     ],
@@ -102,7 +103,7 @@ def test_backbone_meta_gives_the_embedding_contract() -> None:
 def test_summary_rows() -> None:
     rows = _landcover().summary()
     assert rows["classes"] == "water #0000ff, land #00a000" and rows["GSD"] == "0.6 m"
-    assert rows["tile / multiple / output stride"] == "256 / 16 / 1"
+    assert rows["tile / overlap / multiple / output stride"] == "256 / default / 16 / 1"
 
 
 def test_geodino_exposes_the_api_lazily_without_importing_torch() -> None:

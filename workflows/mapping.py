@@ -27,7 +27,7 @@ from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
 from geodino.workflows.batching import PatchStream, batch_queue
 from geodino.workflows.execution import Scheduler, release_freed_memory, run_tasks
-from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
+from geodino.workflows.predictor import Predictor, bands_by_name, build_predictor, check_bands, from_backbone
 from geodino.workflows.shared_patches import SHARED, SharingKey, chunks_of, sharing_key
 from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
 
@@ -440,14 +440,21 @@ def map_raster(
         ValueError: On bad inputs, before any task runs (wrong band count, bad tile/overlap/chunk...).
     """
     predictor = build_predictor(model, batch_size=batch_size, device=device)
-    source = RasterSource(
-        _absolute(inputs),
-        bands=bands,
-        nodata=nodata,
-        allow_no_crs=allow_no_crs,
-        target_crs=target_crs,
-        target_resolution=target_resolution,
-    )
+
+    def open_source(selection: Sequence[int | str] | None) -> RasterSource:
+        return RasterSource(
+            _absolute(inputs),
+            bands=selection,
+            nodata=nodata,
+            allow_no_crs=allow_no_crs,
+            target_crs=target_crs,
+            target_resolution=target_resolution,
+        )
+
+    source = open_source(bands)
+    by_name = bands_by_name(predictor, source.available_band_names) if bands is None else None
+    if by_name is not None:  # the model names its bands and the file names them all: take those, in its order
+        source = open_source(by_name)
     where = ", ".join(source.paths)
     check_bands(predictor, source.count, source.band_names, where)
     grid = _plan_grid(source, predictor, tile, overlap)
@@ -555,7 +562,11 @@ def _plan_grid(source: RasterSource, predictor: Predictor, tile: int | None, ove
             f"tile {tile} must be a positive multiple of {step} for model {predictor.name!r} "
             f"(output stride {f}, input multiple {predictor.info.multiple})"
         )
-    overlap = default_overlap(tile, f) if overlap is None else int(overlap)
+    if overlap is None:  # the model's own overlap where it fits this tile, else a quarter of the tile
+        preferred = predictor.info.overlap
+        fits = preferred is not None and preferred < tile and preferred % f == 0
+        overlap = preferred if fits else default_overlap(tile, f)
+    overlap = int(overlap)
     if not 0 <= overlap < tile or overlap % f:
         raise ValueError(f"overlap {overlap} must be in [0, tile={tile}) and a multiple of the output stride {f}")
     return PatchGrid(source.height, source.width, tile, tile - overlap, f)

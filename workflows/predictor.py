@@ -638,6 +638,29 @@ def build_predictor(model: Any, *, batch_size: int | None = None, device: str | 
     raise TypeError(f"cannot use a {type(model).__name__} as a model")
 
 
+def bands_by_name(predictor: Predictor, available: Sequence[str]) -> list[str] | None:
+    """The model's input bands by name, when a raster names every one of them but holds others or another order.
+
+    Names match case-insensitively and exactly (no band-token guessing), so a raster without band descriptions
+    (named "band_1"...) is never reordered.
+
+    Args:
+        predictor: The model; its ``info.band_names`` say what it takes, in channel order.
+        available: Names of every band of the raster, in file order.
+
+    Returns:
+        The model's band names to select, or None to keep the raster's bands as they are.
+    """
+    wanted = predictor.info.band_names
+    if not wanted:
+        return None
+    lowered = [n.lower() for n in available]
+    keys = [w.lower() for w in wanted]
+    if keys == lowered or not all(k in lowered for k in keys) or len(set(lowered)) != len(lowered):
+        return None
+    return list(wanted)
+
+
 def check_bands(predictor: Predictor, count: int, band_names: Sequence[str], where: str) -> None:
     """Raise early when a raster's band count does not match the model's.
 

@@ -196,3 +196,22 @@ def test_regression_units_and_describe(tmp_path: Path) -> None:
     text = describe_model(path)
     for expected in ("tiny-chm", "regression", "units", "0 .. 96", "height, uncertainty", "embedded", "TinyHead"):
         assert expected in text, text
+
+
+def test_map_takes_tile_overlap_and_named_bands_from_the_file(model: Joined, tmp_path: Path) -> None:
+    from rasters import smooth_scene, write_raster
+
+    from geodino.workflows.mapping import map_raster
+
+    data = smooth_scene(4, 80, 96, seed=3, dtype=np.uint8)
+    scene = write_raster(tmp_path / "nbgr.tif", data, descriptions=["NIR", "Blue", "Green", "Red"])
+    path = save_model(tmp_path / "m.gdm", model, tile=64, overlap=16)
+    auto = map_raster(scene, path, tmp_path / "auto.zarr", progress=False)
+    assert auto.attrs["input_bands"] == ["Red", "Green", "Blue"]
+    assert auto.attrs["tile"] == 64 and auto.attrs["stride"] == 48
+    explicit = map_raster(scene, path, tmp_path / "explicit.zarr", bands=[4, 3, 2], progress=False)
+    assert np.array_equal(auto.probabilities.values, explicit.probabilities.values, equal_nan=True)
+    # Names the model does not use select nothing: 2 bands for 3 is an error naming both.
+    plain = write_raster(tmp_path / "plain.tif", data[:2], descriptions=["Red", "NIR"])
+    with pytest.raises(ValueError, match=r"expects 3 bands \(red, green, blue\), the input has 2 bands \(Red, NIR\)"):
+        map_raster(plain, path, tmp_path / "plain.zarr", progress=False)
