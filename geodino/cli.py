@@ -43,7 +43,7 @@ def info(
     target: Annotated[
         str,
         typer.Argument(
-            help="Backbone checkpoint (Meta .pth, timm state dict, Hugging Face folder/.safetensors), a hub name "
+            help="Saved geodino model (.gdm), backbone checkpoint (Meta .pth, timm state dict, Hugging Face folder/.safetensors), a hub name "
             "(test, vits16...), or an output store (OUT.zarr) written by geodino map / embed"
         ),
     ],
@@ -51,7 +51,7 @@ def info(
         str | None, typer.Option(help="sat493m or lvd1689m, when the file cannot tell (sets normalisation)")
     ] = None,
 ) -> None:
-    """Show what a checkpoint or hub model holds, or what made an output store and how complete it is."""
+    """Show what a saved model, a checkpoint or hub model holds, or what made an output store and how complete it is."""
     import warnings
 
     from rich.console import Console
@@ -63,6 +63,11 @@ def info(
         from geodino.workflows.manifest import summary
 
         typer.echo("\n".join(summary(path)))
+        return
+    from geodino.bundle import describe_model, is_model_file
+
+    if path.is_file() and is_model_file(path):
+        typer.echo(describe_model(path))
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

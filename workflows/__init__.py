@@ -8,7 +8,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from geodino.workflows.cog import export_cog
     from geodino.workflows.mapping import embed_raster, map_raster, open_output
     from geodino.workflows.options import MapOptions
-    from geodino.workflows.predictor import Predictor, PredictorInfo, build_predictor
+    from geodino.workflows.predictor import Predictor, PredictorInfo, build_predictor, load_predictor
 
 __all__ = [
     "MapOptions",
@@ -17,6 +17,7 @@ __all__ = [
     "build_predictor",
     "embed_raster",
     "export_cog",
+    "load_predictor",
     "map_raster",
     "open_output",
 ]
@@ -30,6 +31,7 @@ _LAZY = {
     "Predictor": "geodino.workflows.predictor",
     "PredictorInfo": "geodino.workflows.predictor",
     "build_predictor": "geodino.workflows.predictor",
+    "load_predictor": "geodino.workflows.predictor",
 }
 
 

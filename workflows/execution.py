@@ -62,6 +62,7 @@ def run_tasks(
     progress: bool = True,
     name: str = "geodino-chunk",
     client: Any = None,
+    device: str | None = None,
 ) -> list[Any]:
     """Run ``func(item, context)`` for every item and return the results in order.
 
@@ -76,6 +77,8 @@ def run_tasks(
         progress: Show a progress bar.
         name: Task-key prefix.
         client: A ``distributed.Client`` already connected (see :func:`connect`); used instead of a new one.
+        device: The model's device; "cuda" on a cluster gives each worker its own GPU
+            (:mod:`geodino.workflows.devices`).
 
     Returns:
         The tasks' results, in the order of ``items``.
@@ -94,7 +97,7 @@ def run_tasks(
     if scheduler == "distributed":
         if client is not None:
             return _gather(client, graph, progress)
-        with distributed_client(workers, address) as new:
+        with distributed_client(workers, address, device) as new:
             return _gather(new, graph, progress)
     bar = _local_progress() if progress else contextlib.nullcontext()
     with bar:
@@ -113,35 +116,44 @@ def _local_progress() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def connect(scheduler: str, workers: int | None = None, address: str | None = None) -> Iterator[Any]:
+def connect(
+    scheduler: str, workers: int | None = None, address: str | None = None, device: str | None = None
+) -> Iterator[Any]:
     """The ``distributed.Client`` a run needs (None for the local schedulers), connected before anything is written.
 
     Args:
         scheduler: "threads", "sync" or "distributed".
         workers: LocalCluster worker processes (distributed without ``address``).
         address: An existing scheduler's address.
+        device: The model's device; "cuda" gives each worker its own GPU (:mod:`geodino.workflows.devices`).
 
     Raises:
         SchedulerError: The scheduler does not answer within :data:`CONNECT_TIMEOUT_S` seconds.
     """
     if scheduler == "distributed" or address is not None:
-        with distributed_client(workers, address) as client:
+        with distributed_client(workers, address, device) as client:
             yield client
     else:
         yield None
 
 
 @contextlib.contextmanager
-def distributed_client(workers: int | None = None, address: str | None = None) -> Iterator[Any]:
+def distributed_client(
+    workers: int | None = None, address: str | None = None, device: str | None = None
+) -> Iterator[Any]:
     """A ``distributed.Client``: connected to ``address``, or to a new LocalCluster of ``workers`` processes.
 
     A cluster created here is closed on exit; an existing scheduler is left running. A LocalCluster's workers log
     errors only (a failing task is reported once, by :func:`run_tasks`, not as one traceback per worker).
+    With ``device="cuda"``, each worker is pinned to one GPU: a local cluster has one worker per visible GPU
+    (``workers`` of them if given), the workers of an existing scheduler use the GPUs of their own machines.
 
     Raises:
         SchedulerError: The scheduler at ``address`` does not answer within :data:`CONNECT_TIMEOUT_S` seconds.
     """
     from distributed import Client, LocalCluster
+
+    from geodino.workflows import devices
 
     if address is not None:
         try:
@@ -153,18 +165,21 @@ def distributed_client(workers: int | None = None, address: str | None = None) -
                 "check the --scheduler address, or leave it out to run on this machine"
             ) from None
         with client:
+            if devices.wants_gpu_per_worker(device):
+                devices.pin_workers(client)
             yield client
         return
-    with (
-        LocalCluster(
+    if devices.wants_gpu_per_worker(device):
+        cluster = devices.gpu_local_cluster(devices.assign_gpus(workers, devices.visible_gpus()))
+    else:
+        cluster = LocalCluster(
             n_workers=int(workers or 2),
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
             silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    with cluster, Client(cluster) as client:
         client.run(one_line_warnings)
         yield client
 

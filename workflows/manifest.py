@@ -113,6 +113,7 @@ def model_record(predictor: Any) -> dict[str, Any]:
         "pretraining": pretraining,
         "random_weights": pretraining == "random",
         "info": predictor.describe()["info"],
+        "tta": getattr(predictor, "tta", None),
     }
 
 
@@ -161,7 +162,7 @@ def identity(manifest: dict[str, Any]) -> dict[str, Any]:
             for i in manifest.get("inputs", [])
         ],
         "raster": manifest.get("raster"),
-        "model": {k: manifest.get("model", {}).get(k) for k in ("digest", "info", "random_weights")},
+        "model": {k: manifest.get("model", {}).get(k) for k in ("digest", "info", "random_weights", "tta")},
     }
 
 

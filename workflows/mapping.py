@@ -9,6 +9,7 @@ one in the global patch order, so a pixel's value is the same however the raster
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import uuid
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from geodino.errors import IncompleteStoreError, InputError, ModelError, StoreMismatchError
+from geodino.errors import IncompleteStoreError, InputError, StoreMismatchError
 from geodino.raster.blend import accumulate_patch, argmax_channels, finalize, valid_to_output, window_weights
 from geodino.raster.normalize import Normalization
 from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chunks
@@ -31,7 +32,7 @@ from geodino.workflows import manifest as _manifest
 from geodino.workflows.batching import PatchStream, batch_queue
 from geodino.workflows.execution import connect, release_freed_memory, run_tasks
 from geodino.workflows.options import MapOptions
-from geodino.workflows.predictor import Predictor, build_predictor, check_bands, from_backbone
+from geodino.workflows.predictor import Predictor, bands_by_name, build_predictor, check_bands, from_backbone
 from geodino.workflows.shared_patches import SHARED, SharingKey, chunks_of, sharing_key
 from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
 
@@ -347,11 +348,7 @@ def _variables(predictor: Predictor, outputs: Sequence[str], storage_dtype: str 
     unknown = [o for o in outputs if o not in allowed]
     if unknown or not outputs:
         raise ValueError(f"outputs {list(outputs)} not available for a {predictor.kind} model; choose from {allowed}")
-    attrs: dict[str, Any] = {"model": predictor.name}
-    if predictor.class_names:
-        attrs["class_names"] = list(predictor.class_names)
-    if predictor.class_colours:
-        attrs["class_colours"] = [list(c) for c in predictor.class_colours]
+    attrs = predictor.info.output_attrs()
     k = predictor.out_channels
     variables = []
     for name in outputs:
@@ -521,16 +518,6 @@ def check_device(device: str | None) -> None:
             raise InputError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
 
 
-def _with_tta(predictor: Predictor, tta: str | None) -> Predictor:
-    """The predictor with test-time augmentation (``Predictor.with_options(tta=...)``) when asked."""
-    if tta is None:
-        return predictor
-    try:
-        return predictor.with_options(tta=tta)  # type: ignore[call-arg]
-    except TypeError:
-        raise ModelError(f"--tta {tta}: test-time augmentation is not available in this geodino version") from None
-
-
 def _raster_record(source: RasterSource) -> dict[str, Any]:
     """What the source reads, for the manifest: grid, bands, stack layout, notes; paths are left to ``inputs``
     (recorded by content there), so a respelled path still names the same run."""
@@ -557,8 +544,13 @@ def _run(
     inputs: str | Path | Sequence[str | Path], predictor: Predictor, out: str | Path, options: MapOptions
 ) -> xr.Dataset:
     """Plan, check, connect, create (or reopen) the store, run the pending chunks, record the run's end."""
-    predictor = _with_tta(predictor, options.tta)
+    if options.tta is not None:
+        predictor = predictor.with_options(tta=options.tta)
     source = _source(inputs, options)
+    by_name = bands_by_name(predictor, source.available_band_names) if options.bands is None else None
+    if by_name is not None:  # the model names its bands and the file names them all: take those, in its order
+        options = dataclasses.replace(options, bands=tuple(by_name))
+        source = _source(inputs, options)
     check_bands(predictor, source.count, source.band_names, ", ".join(source.paths))
     grid = _plan_grid(source, predictor, options.tile, options.overlap)
     chunk_hw = default_chunk(grid, predictor.out_channels) if options.chunk is None else _as_pair(options.chunk)
@@ -568,7 +560,9 @@ def _run(
     normalization = predictor.normalization_for(source.dtype)
     weights = window_weights(grid.out_patch, options.blend, grid.out_stride)
     manifest = _new_manifest(options, source, predictor, grid, chunk_hw, outputs, normalization, len(tasks))
-    with connect(options.scheduler, options.workers, options.address) as client:  # before any store exists
+    with connect(
+        options.scheduler, options.workers, options.address, predictor.device
+    ) as client:  # before any store exists
         sink = ZarrSink.create(
             out,
             variables=variables,
@@ -599,6 +593,7 @@ def _run(
                 address=options.address,
                 progress=options.progress,
                 client=client,
+                device=predictor.device,
             )
             status = "complete"
         except KeyboardInterrupt:
@@ -674,7 +669,11 @@ def _plan_grid(source: RasterSource, predictor: Predictor, tile: int | None, ove
             f"tile {tile} must be a positive multiple of {step} for model {predictor.name!r} "
             f"(output stride {f}, input multiple {predictor.info.multiple})"
         )
-    overlap = default_overlap(tile, f) if overlap is None else int(overlap)
+    if overlap is None:  # the model's own overlap where it fits this tile, else a quarter of the tile
+        preferred = predictor.info.overlap
+        fits = preferred is not None and preferred < tile and preferred % f == 0
+        overlap = preferred if fits else default_overlap(tile, f)
+    overlap = int(overlap)
     if not 0 <= overlap < tile or overlap % f:
         raise ValueError(f"overlap {overlap} must be in [0, tile={tile}) and a multiple of the output stride {f}")
     return PatchGrid(source.height, source.width, tile, tile - overlap, f)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import inspect
 import threading
 from collections.abc import Callable, Sequence
@@ -26,89 +25,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from geodino.modelinfo import Kind, ModelInfo
 from geodino.raster.normalize import Normalization, default_scale
+from geodino.workflows.devices import resolve_device
 
-Kind = Literal["classification", "regression", "embedding"]
-Activation = Literal["softmax", "sigmoid", "none"]
+#: The model-metadata contract lives in the core (:mod:`geodino.modelinfo`); this is its historical name here.
+PredictorInfo = ModelInfo
 
-_KINDS = ("classification", "regression", "embedding")
-
-
-@dataclass(frozen=True)
-class PredictorInfo:
-    """What a workflow must know about a model to run it on a raster.
-
-    Attach one to a model as ``model.geodino_info`` (a PredictorInfo or a dict of its fields) so that
-    ``--model package.module:attr`` finds it.
-
-    Attributes:
-        in_bands: Number of input bands C the model takes.
-        out_channels: Number of output channels K (classes, regression targets, embedding features).
-        kind: "classification", "regression" or "embedding".
-        factor: Output stride f: input pixels per output pixel (1 for dense maps, 16 for ViT patch tokens).
-        mean: Per-band mean after scaling (None: zeros).
-        std: Per-band standard deviation after scaling (None: ones).
-        scale: Multiplier applied to raw values first (None: from the raster dtype, see ``default_scale``).
-        class_names: One name per class (classification).
-        class_colours: One (r, g, b) colour per class (classification).
-        name: Human-readable model name.
-        tile: Preferred tile (patch) side in input pixels, or None for the workflow default.
-        multiple: Input sides must be multiples of this (16 for a ViT/16).
-        activation: Applied to raw outputs before blending ("softmax" turns logits into probabilities); None:
-            "softmax" for classification (models return logits), "none" otherwise.
-        band_names: Names of the expected input bands, for error messages.
-    """
-
-    in_bands: int
-    out_channels: int
-    kind: Kind = "regression"
-    factor: int = 1
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: float | None = None
-    class_names: tuple[str, ...] | None = None
-    class_colours: tuple[tuple[int, int, int], ...] | None = None
-    name: str = "model"
-    tile: int | None = None
-    multiple: int = 1
-    activation: Activation | None = None
-    band_names: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
-        if self.in_bands < 1 or self.out_channels < 1 or self.factor < 1 or self.multiple < 1:
-            raise ValueError(f"in_bands, out_channels, factor and multiple must be >= 1: {self}")
-        for attr in ("mean", "std"):
-            values = getattr(self, attr)
-            if values is not None and len(values) != self.in_bands:
-                raise ValueError(f"{attr} has {len(values)} values for {self.in_bands} input bands")
-        if self.class_names is not None and len(self.class_names) != self.out_channels:
-            raise ValueError(f"{len(self.class_names)} class names for {self.out_channels} output channels")
-        if self.class_colours is not None and len(self.class_colours) != self.out_channels:
-            raise ValueError(f"{len(self.class_colours)} class colours for {self.out_channels} output channels")
-
-    @property
-    def output_activation(self) -> Activation:
-        """The activation actually applied: explicit, else softmax for classification, else none."""
-        if self.activation is not None:
-            return self.activation
-        return "softmax" if self.kind == "classification" else "none"
-
-    @classmethod
-    def coerce(cls, value: PredictorInfo | dict[str, Any]) -> PredictorInfo:
-        """A PredictorInfo from itself or a dict of its fields (sequences become tuples)."""
-        if isinstance(value, PredictorInfo):
-            return value
-        if not isinstance(value, dict):
-            raise TypeError(f"geodino_info must be a PredictorInfo or a dict, got {type(value).__name__}")
-        fields = dict(value)
-        for key in ("mean", "std", "class_names", "band_names"):
-            if fields.get(key) is not None:
-                fields[key] = tuple(fields[key])
-        if fields.get("class_colours") is not None:
-            fields["class_colours"] = tuple(tuple(int(v) for v in c) for c in fields["class_colours"])
-        return cls(**fields)
+TTA = Literal["flips", "d4"]
+#: Test-time augmentations: each a tuple of dihedral transforms (k, flip) = rotate by k x 90 degrees after an
+#: optional left-right flip. "flips": identity, left-right, up-down (= rot180 of left-right), rot180; "d4": all 8.
+TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((k, flip) for flip in (False, True) for k in range(4)),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,6 +153,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+_KEEP: Any = object()  # "leave this option as it is" in with_options
+
+
+def check_tta(tta: str | None) -> str | None:
+    """A valid TTA name, or None for none ("none" is accepted too).
+
+    Raises:
+        ValueError: For an unknown name.
+    """
+    if tta is None or tta == "none":
+        return None
+    if tta not in TTA_TRANSFORMS:
+        raise ValueError(f"tta must be one of {sorted(TTA_TRANSFORMS)} or None, got {tta!r}")
+    return tta
+
+
 class Predictor:
     """A model plus its metadata, callable on (B, C, H, W) float32 batches.
 
@@ -230,11 +176,19 @@ class Predictor:
         loader: Picklable zero-arg callable building the model (cached per process under ``loader.key``).
         info: The model's metadata.
         batch_size: Patches per forward pass; batches are padded to this size so every forward has one shape.
-        device: torch device name, or None for "cuda" when available, else "cpu".
+        device: torch device name, or None for "cuda" when available, else "cpu". In a worker pinned to one GPU
+            (:mod:`geodino.workflows.devices`), "cuda" means that GPU.
+        tta: Test-time augmentation: None, "flips" or "d4" (see :data:`TTA_TRANSFORMS`).
     """
 
     def __init__(
-        self, loader: Callable[[], Any], info: PredictorInfo, *, batch_size: int = 8, device: str | None = None
+        self,
+        loader: Callable[[], Any],
+        info: PredictorInfo,
+        *,
+        batch_size: int = 8,
+        device: str | None = None,
+        tta: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -242,6 +196,7 @@ class Predictor:
         self.info = info
         self.batch_size = int(batch_size)
         self.device = device or default_device()
+        self.tta = check_tta(tta)
 
     # Metadata, flattened for the workflows.
     @property
@@ -273,9 +228,14 @@ class Predictor:
         return self.info.name
 
     @property
-    def key(self) -> str:
-        """Stable identity of the model (spec, backbone source, or weight digest)."""
+    def model_key(self) -> str:
+        """Stable identity of the model's weights (spec, backbone source, weight or file digest)."""
         return str(getattr(self.loader, "key", f"callable:{_object_digest(self.loader)}"))
+
+    @property
+    def key(self) -> str:
+        """Stable identity of what this predictor computes: the model, plus its test-time augmentation."""
+        return self.model_key + (f"+tta:{self.tta}" if self.tta else "")
 
     @property
     def normalization(self) -> Normalization:
@@ -295,24 +255,46 @@ class Predictor:
         std = self.info.std if self.info.std is not None else (1.0,) * self.in_bands
         return Normalization(scale=float(scale), mean=tuple(mean), std=tuple(std))
 
-    def with_options(self, *, batch_size: int | None = None, device: str | None = None) -> Predictor:
-        """A copy with another batch size or device (same loader, same cache key)."""
-        return Predictor(self.loader, self.info, batch_size=batch_size or self.batch_size, device=device or self.device)
+    def with_options(
+        self, *, batch_size: int | None = None, device: str | None = None, tta: str | None = _KEEP
+    ) -> Predictor:
+        """A copy with another batch size, device or test-time augmentation (same loader, same model cache).
+
+        Args:
+            batch_size: Patches per forward pass (None: unchanged).
+            device: torch device (None: unchanged).
+            tta: None (off), "flips" or "d4"; unchanged when not given.
+        """
+        return Predictor(
+            self.loader,
+            self.info,
+            batch_size=batch_size or self.batch_size,
+            device=device or self.device,
+            tta=self.tta if tta is _KEEP else tta,
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly identity of the model and its metadata (for store fingerprints)."""
         info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.info).items()}
-        return {"key": self.key, "info": info}
+        return {"key": self.key, "info": info, "tta": self.tta}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"loader": self.loader, "info": self.info, "batch_size": self.batch_size, "device": self.device}
+        return {
+            "loader": self.loader,
+            "info": self.info,
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "tta": self.tta,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("tta", None)
         self.__dict__.update(state)
 
     def model(self) -> Any:
         """The model, built once per process and device, in eval mode on ``self.device``."""
-        cache_key = (self.key, self.device)
+        device = resolve_device(self.device)
+        cache_key = (self.model_key, device)
         with _CACHE_LOCK:
             model = _CACHE.get(cache_key)
         if model is not None:
@@ -326,7 +308,7 @@ class Predictor:
             if isinstance(built, Predictor):
                 built = built.loader()
             if isinstance(built, torch.nn.Module):
-                built = built.to(self.device).eval()
+                built = built.to(device).eval()
             with _CACHE_LOCK:
                 return _CACHE.setdefault(cache_key, built)
 
@@ -334,20 +316,24 @@ class Predictor:
         """Predict a batch of patches.
 
         Args:
-            batch: (B, C, H, W) float32, normalised; H and W multiples of ``factor`` and ``info.multiple``.
+            batch: (B, C, H, W) float32, normalised; H and W multiples of ``factor`` and ``info.multiple`` (and
+                H = W for ``tta="d4"``).
 
         Returns:
-            (B, K, H / f, W / f) float32 numpy array, after the model's activation.
+            (B, K, H / f, W / f) float32 numpy array, after the model's activation (and averaged over the
+            test-time augmentations, if any).
         """
         # Always contiguous NCHW: kernels chosen for other layouts round differently.
         x = torch.as_tensor(batch, dtype=torch.float32).contiguous()
         if x.ndim != 4 or x.shape[1] != self.in_bands:
             raise ValueError(f"{self.name}: expected a (B, {self.in_bands}, H, W) batch, got {tuple(x.shape)}")
         b, _, h, w = x.shape
+        if self.tta == "d4" and h != w:
+            raise ValueError(f"{self.name}: tta='d4' rotates patches, which must be square; got {h}x{w}")
         pad = (-b) % self.batch_size
         if pad:
             x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
-        outputs = [self._forward(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
+        outputs = [self._predict(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
         out = np.concatenate(outputs)[:b]
         expected = (b, self.out_channels, h // self.factor, w // self.factor)
         if out.shape != expected:
@@ -357,11 +343,29 @@ class Predictor:
             )
         return out
 
+    def _predict(self, x: torch.Tensor) -> np.ndarray:
+        """One full batch, with test-time augmentation: the mean of T^-1(model(T(x))) over the transforms T.
+
+        Each transform is one forward pass of the same batch shape; outputs (after the activation, so
+        probabilities are averaged, not logits) are summed in float32 in the fixed order of the transforms, so a
+        patch's result depends on the patch alone.
+        """
+        if self.tta is None:
+            return self._forward(x)
+        transforms = TTA_TRANSFORMS[self.tta]
+        total: np.ndarray | None = None
+        for k, flip in transforms:
+            y = _undo_dihedral(self._forward(_dihedral(x, k, flip)), k, flip)
+            total = y if total is None else np.add(total, y, out=total)
+        assert total is not None
+        return total / np.float32(len(transforms))
+
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         """One forward pass of a full batch on the device, under the device semaphore."""
         model = self.model()
-        with _device_gate(self.device), torch.inference_mode():
-            y = model(x.to(self.device))
+        device = resolve_device(self.device)
+        with _device_gate(device), torch.inference_mode():
+            y = model(x.to(device))
             if isinstance(y, (tuple, list)):
                 y = y[0]
             y = y.float()
@@ -371,6 +375,21 @@ class Predictor:
             elif activation == "sigmoid":
                 y = torch.sigmoid(y)
             return y.cpu().numpy()
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """(B, C, H, W) -> rotate by k x 90 degrees (from H towards W) after an optional left-right flip; contiguous."""
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1)).contiguous()
+
+
+def _undo_dihedral(y: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """The inverse of :func:`_dihedral` on (B, K, h, w) outputs: rotate back by k x 90 degrees, then unflip."""
+    y = np.rot90(y, -k, axes=(-2, -1))
+    if flip:
+        y = y[..., ::-1]
+    return np.ascontiguousarray(y, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -454,7 +473,7 @@ def from_spec(spec: str, *, batch_size: int = 8, device: str | None = None, **fi
     # Seed this process's cache with the instance just built, so the driver process does not build it twice.
     built = obj.to(predictor.device).eval() if isinstance(obj, torch.nn.Module) else obj
     with _CACHE_LOCK:
-        _CACHE.setdefault((predictor.key, predictor.device), built)
+        _CACHE.setdefault((predictor.model_key, resolve_device(predictor.device)), built)
     return predictor
 
 
@@ -493,20 +512,7 @@ class EmbeddingModel(torch.nn.Module):
 
 def backbone_info(meta: Any) -> PredictorInfo:
     """Embedding metadata from a ``BackboneMeta``: f = patch size, mean/std and bands from the weights."""
-    bands = tuple(meta.bands) if getattr(meta, "bands", None) else None
-    in_bands = len(meta.mean) if getattr(meta, "mean", None) else (len(bands) if bands else 3)
-    return PredictorInfo(
-        in_bands=in_bands,
-        out_channels=int(meta.embed_dim),
-        kind="embedding",
-        factor=int(meta.patch_size),
-        mean=tuple(float(v) for v in meta.mean) if getattr(meta, "mean", None) else None,
-        std=tuple(float(v) for v in meta.std) if getattr(meta, "std", None) else None,
-        name=str(getattr(meta, "name", "backbone")),
-        tile=14 * int(meta.patch_size),
-        multiple=int(meta.patch_size),
-        band_names=bands,
-    )
+    return meta.model_info()
 
 
 def load_backbone_source(
@@ -583,29 +589,66 @@ def from_backbone(
         loader = ObjectLoader(module)
     predictor = Predictor(loader, backbone_info(module.meta), batch_size=batch_size, device=device)
     with _CACHE_LOCK:
-        _CACHE.setdefault((predictor.key, predictor.device), module.to(predictor.device).eval())
+        _CACHE.setdefault(
+            (predictor.model_key, resolve_device(predictor.device)), module.to(resolve_device(predictor.device)).eval()
+        )
+    return predictor
+
+
+@dataclass(frozen=True)
+class SavedModelLoader:
+    """Builds a saved geodino model (``geodino.save_model``); the key is the file's SHA-256, not its path.
+
+    A worker process checks that the file still has that digest, so every process maps the same model.
+    """
+
+    path: str
+    sha256: str
+
+    @property
+    def key(self) -> str:
+        return f"saved:{self.sha256[:32]}"
+
+    def __call__(self) -> Any:
+        from geodino.bundle import load_model
+
+        model = load_model(self.path, sha256=self.sha256)
+        return EmbeddingModel(model) if _is_backbone(model) else model
+
+
+def load_predictor(
+    path: str | Path, *, batch_size: int = 8, device: str | None = None, tta: str | None = None
+) -> Predictor:
+    """A Predictor for a saved geodino model: tile, bands, normalisation, classes or units come from the file.
+
+    Args:
+        path: A file written by ``geodino.save_model``.
+        batch_size: Patches per forward pass.
+        device: torch device, or None for automatic.
+        tta: Test-time augmentation (None, "flips", "d4").
+
+    Raises:
+        geodino.bundle.ModelFileError: If the file is not a geodino model or does not fit (see ``load_model``).
+    """
+    from geodino.bundle import file_sha256, load_model
+
+    path = Path(path).expanduser().absolute()
+    loader = SavedModelLoader(str(path), file_sha256(path))
+    model = load_model(path, sha256=loader.sha256)
+    info = model.geodino_info
+    module = EmbeddingModel(model) if _is_backbone(model) else model
+    predictor = Predictor(loader, info, batch_size=batch_size, device=device, tta=tta)
+    # Seed this process's cache with the model just built, so the driver process does not build it twice.
+    with _CACHE_LOCK:
+        _CACHE.setdefault(
+            (predictor.model_key, resolve_device(predictor.device)), module.to(resolve_device(predictor.device)).eval()
+        )
     return predictor
 
 
 def from_bundle(path: str | Path, *, batch_size: int = 8, device: str | None = None) -> Predictor:
-    """A Predictor from a saved geodino model (backbone + head), through ``geodino.bundle``.
-
-    Raises:
-        ValueError: If ``geodino.bundle`` does not exist yet or offers no Predictor loader.
-    """
-    if importlib.util.find_spec("geodino.bundle") is None:
-        raise ValueError(
-            f"{path}: saved geodino models need geodino.bundle, which this installation does not have; "
-            "pass a 'package.module:attr' spec instead"
-        )
-    bundle = importlib.import_module("geodino.bundle")
-    loader = getattr(bundle, "load_predictor", None)
-    if loader is None:
-        raise ValueError(f"{path}: geodino.bundle has no load_predictor(); cannot map a saved model yet")
-    predictor = loader(path)
-    if not isinstance(predictor, Predictor):
-        raise ValueError(f"{path}: geodino.bundle.load_predictor returned {type(predictor).__name__}")
-    return predictor.with_options(batch_size=batch_size, device=device)
+    """A Predictor from a saved geodino model (backbone + head); see :func:`load_predictor`."""
+    return load_predictor(path, batch_size=batch_size, device=device)
 
 
 def build_predictor(model: Any, *, batch_size: int | None = None, device: str | None = None) -> Predictor:
@@ -632,6 +675,29 @@ def build_predictor(model: Any, *, batch_size: int | None = None, device: str | 
     if callable(model):
         return from_callable(model, batch_size=batch_size, device=device)
     raise TypeError(f"cannot use a {type(model).__name__} as a model")
+
+
+def bands_by_name(predictor: Predictor, available: Sequence[str]) -> list[str] | None:
+    """The model's input bands by name, when a raster names every one of them but holds others or another order.
+
+    Names match case-insensitively and exactly (no band-token guessing), so a raster without band descriptions
+    (named "band_1"...) is never reordered.
+
+    Args:
+        predictor: The model; its ``info.band_names`` say what it takes, in channel order.
+        available: Names of every band of the raster, in file order.
+
+    Returns:
+        The model's band names to select, or None to keep the raster's bands as they are.
+    """
+    wanted = predictor.info.band_names
+    if not wanted:
+        return None
+    lowered = [n.lower() for n in available]
+    keys = [w.lower() for w in wanted]
+    if keys == lowered or not all(k in lowered for k in keys) or len(set(lowered)) != len(lowered):
+        return None
+    return list(wanted)
 
 
 def check_bands(predictor: Predictor, count: int, band_names: Sequence[str], where: str) -> None:

@@ -445,11 +445,26 @@ def load_backbone(
             f"pretraining; using web normalisation. Pass pretraining='sat493m' for satellite weights.",
             stacklevel=2,
         )
+    return build_backbone(ckpt.config, ckpt.state_dict, meta=meta, source=ckpt.source, **kwargs)
+
+
+def build_backbone(
+    config: VitConfig, state_dict: Mapping[str, Tensor], *, meta: BackboneMeta, source: Path, **kwargs: Any
+) -> DinoVisionTransformer:
+    """A backbone of architecture `config` holding `state_dict` (loaded strictly), in eval mode on the CPU.
+
+    Args:
+        config: The architecture.
+        state_dict: Weights in geodino key names.
+        meta: Metadata to attach.
+        source: File the weights came from (named in errors).
+        **kwargs: `DinoVisionTransformer` options.
+    """
     with torch.device("meta"):
-        model = DinoVisionTransformer(ckpt.config, meta=meta, **kwargs)
+        model = DinoVisionTransformer(config, meta=meta, **kwargs)
     model = model.to_empty(device="cpu")
     model.init_optional_state()  # everything else comes from the file, checked by the strict load
-    load_state_dict_strict(model, ckpt.state_dict, ckpt.source)
+    load_state_dict_strict(model, state_dict, source)
     return model.eval()
 
 

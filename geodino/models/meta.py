@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geodino.modelinfo import ModelInfo
 
 RGB = ("red", "green", "blue")
 
@@ -15,11 +18,17 @@ WEB_STD = (0.229, 0.224, 0.225)
 SAT_MEAN = (0.420, 0.411, 0.296)
 SAT_MEAN_README = (0.430, 0.411, 0.296)
 SAT_STD = (0.213, 0.156, 0.143)
+#: Default tile side of a backbone, in tokens (224 pixels for a ViT/16, its pretraining crop).
+DEFAULT_TILE_TOKENS = 14
 
 
 @dataclass(frozen=True)
 class BackboneMeta:
     """What a user needs to feed a backbone correctly, without typing numbers by hand.
+
+    This is the provenance of a backbone's weights (architecture, pretraining data, source file); the input side
+    of the model-metadata contract (bands, normalisation, GSD, input multiple) is read from it by
+    :meth:`model_info`, which gives the backbone's :class:`~geodino.modelinfo.ModelInfo` as an embedding model.
 
     Attributes:
         name: architecture name (e.g. "dinov3_vitl16") or "custom".
@@ -61,6 +70,28 @@ class BackboneMeta:
     def from_dict(cls, data: dict[str, Any]) -> BackboneMeta:
         tuples = {"bands", "mean", "std", "ignored_keys"}
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+
+    def model_info(self, *, tile_tokens: int = DEFAULT_TILE_TOKENS) -> ModelInfo:
+        """The backbone as an embedding model: patch tokens (B, D, H / p, W / p) after the final norm.
+
+        Args:
+            tile_tokens: Preferred tile side in tokens (tile = ``tile_tokens`` x patch size).
+        """
+        from geodino.modelinfo import ModelInfo
+
+        return ModelInfo(
+            in_bands=len(self.mean),
+            out_channels=int(self.embed_dim),
+            kind="embedding",
+            factor=int(self.patch_size),
+            mean=tuple(float(v) for v in self.mean),
+            std=tuple(float(v) for v in self.std),
+            name=self.name,
+            tile=tile_tokens * int(self.patch_size),
+            multiple=int(self.patch_size),
+            band_names=tuple(self.bands) if len(self.bands) == len(self.mean) else None,
+            gsd=self.gsd,
+        )
 
 
 def normalisation_for(weights: str, n_bands: int = 3) -> tuple[tuple[float, ...], tuple[float, ...], float | None]:
