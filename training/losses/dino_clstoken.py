@@ -5,6 +5,8 @@ Follows the DINOv3 release's names and semantics (dinov3-reference.md, section 2
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,6 +16,17 @@ from geodino.training.distributed import all_reduce, get_world_size
 __all__ = ["DINOLoss", "sinkhorn_knopp"]
 
 
+def _global_logsumexp(x: Tensor, dim: int) -> Tensor:
+    """logsumexp of x along `dim`, where that dimension is split across ranks (max-shifted, all-reduced)."""
+    m = x.max(dim=dim, keepdim=True).values.detach().clone()
+    if get_world_size() > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return m + torch.log(all_reduce(torch.exp(x - m).sum(dim=dim, keepdim=True)))
+
+
 @torch.no_grad()
 def sinkhorn_knopp(logits: Tensor, temp: float, n_samples: Tensor | int | None = None, n_iterations: int = 3) -> Tensor:
     """Sinkhorn-Knopp targets: rows (samples) sum to 1, each prototype gets an equal share of the global batch.
@@ -21,8 +34,11 @@ def sinkhorn_knopp(logits: Tensor, temp: float, n_samples: Tensor | int | None =
     ``Q = exp(logits / temp)`` seen as a (K, N) matrix is scaled to total mass 1, then `n_iterations` times the
     rows (prototypes) are scaled to sum 1/K and the columns (samples) to sum 1/N, where N counts the samples of all
     ranks. Sums over samples are all-reduced, so the result is the same as one process on the concatenated batch.
-    The returned (N_local, K) matrix is multiplied by N: each sample's row sums to 1, and after the last column step
-    it is exact; the prototype marginals (summed over all ranks) are N/K up to the last iteration's error.
+    The returned (N_local, K) matrix is multiplied by N: after the last (sample) step each sample's row sums to 1
+    exactly; the prototype marginals (summed over all ranks) approach N/K as the iterations converge.
+
+    Computed in the log domain (the same iterates, without exp() overflowing or whole rows underflowing at low
+    teacher temperatures).
 
     Args:
         logits: (N_local, K) teacher head outputs.
@@ -33,26 +49,18 @@ def sinkhorn_knopp(logits: Tensor, temp: float, n_samples: Tensor | int | None =
     Returns:
         (N_local, K) float32 targets.
     """
-    logits = logits.float()
-    # Subtracting the global max keeps exp() finite; it cancels in the normalisation.
-    shift = logits.max().detach().clone()
-    if get_world_size() > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(shift, op=dist.ReduceOp.MAX)
-    Q = torch.exp((logits - shift) / temp).t()  # (K, N_local)
-    K = Q.shape[0]
+    log_q = logits.float().t() / temp  # (K, N_local)
+    K = log_q.shape[0]
     if n_samples is None:
-        N = float(Q.shape[1] * get_world_size())
+        N = float(log_q.shape[1] * get_world_size())
     else:
         N = float(n_samples.item() if isinstance(n_samples, Tensor) else n_samples)
-    total = all_reduce(Q.sum().reshape(1)).squeeze()
-    Q = Q / total
+    # Total mass 1: log Q -= log sum over every prototype and sample.
+    log_q = log_q - _global_logsumexp(torch.logsumexp(log_q, dim=0, keepdim=True), dim=1)
     for _ in range(n_iterations):
-        per_prototype = all_reduce(Q.sum(dim=1, keepdim=True))  # (K, 1), summed over every rank's samples
-        Q = Q / per_prototype / K
-        Q = Q / Q.sum(dim=0, keepdim=True) / N  # each sample's column sums to 1/N
-    return (Q * N).t()
+        log_q = log_q - _global_logsumexp(log_q, dim=1) - math.log(K)  # each prototype sums to 1/K
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(N)  # each sample sums to 1/N
+    return torch.exp(log_q + math.log(N)).t()
 
 
 class DINOLoss(nn.Module):
