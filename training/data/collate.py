@@ -43,6 +43,7 @@ class MultiCropCollate:
         mask_probability: fraction of global crops that get a mask.
         mask_ratio: (min, max) mask ratio.
         min_block: fewest patches per mask block.
+        aspect: block aspect-ratio range.
     """
 
     patch_size: int
@@ -50,12 +51,13 @@ class MultiCropCollate:
     mask_probability: float = 0.5
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     min_block: int = 4
+    aspect: tuple[float, float] = (0.3, 1 / 0.3)
 
     def __post_init__(self) -> None:
         if self.global_size % self.patch_size:
             raise ValueError(f"global crop size {self.global_size} is not a multiple of the patch {self.patch_size}")
         side = self.global_size // self.patch_size
-        self.generator = BlockMaskGenerator((side, side), min_block=self.min_block)
+        self.generator = BlockMaskGenerator((side, side), min_block=self.min_block, aspect=self.aspect)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Batch ``samples`` (the masks are seeded by the samples' seeds, so batches are reproducible)."""
