@@ -49,7 +49,13 @@ class GramLoss(nn.Module):
             x = x.flatten(0, 1)  # (B*N, D)
         return x @ x.transpose(-1, -2)
 
-    def forward(self, output_feats: Tensor, target_feats: Tensor, img_level: bool | None = True) -> Tensor:
+    def forward(
+        self,
+        output_feats: Tensor,
+        target_feats: Tensor,
+        img_level: bool | None = True,
+        token_mask: Tensor | None = None,
+    ) -> Tensor:
         """Gram MSE.
 
         Args:
@@ -58,9 +64,13 @@ class GramLoss(nn.Module):
             img_level: per-image Gram matrices (True) or over the flattened batch (False); None uses the
                 constructor's `img_level`. The reference's forward defaults to True whatever the constructor said;
                 so does this one, for recipes that carry over.
+            token_mask: (B, N) bool, the patch tokens to compare (geodino's extension for Gram on masked or
+                unmasked tokens only); None: all. Per image, only entries (i, j) with both tokens selected count;
+                over the flattened batch, the Gram matrix of the selected tokens.
 
         Returns:
-            scalar float32: mean over all entries of the (B, N, N) or (B*N, B*N) squared differences.
+            scalar float32: mean over all (selected) entries of the (B, N, N) or (B*N, B*N) squared differences;
+            0 when no token is selected.
         """
         if output_feats.ndim != 3 or output_feats.shape != target_feats.shape:
             raise ValueError(
@@ -68,6 +78,21 @@ class GramLoss(nn.Module):
                 f"{tuple(output_feats.shape)} and {tuple(target_feats.shape)}"
             )
         level = self.img_level if img_level is None else img_level
+        pair_mask = None
+        if token_mask is not None:
+            if token_mask.shape != output_feats.shape[:2]:
+                raise ValueError(
+                    f"token_mask {tuple(token_mask.shape)} does not match features {tuple(output_feats.shape)}"
+                )
+            if not level:
+                # Over the batch: keep the selected tokens only, as one (1, M, D) "image".
+                output_feats = output_feats[token_mask].unsqueeze(0)
+                target_feats = target_feats[token_mask].unsqueeze(0)
+                level = True
+            else:
+                pair_mask = token_mask.unsqueeze(-1) & token_mask.unsqueeze(-2)  # (B, N, N)
+            if not bool(token_mask.any()):
+                return output_feats.sum() * 0.0
         student = self._gram(output_feats, level)
         with torch.no_grad():
             teacher = self._gram(target_feats.detach(), level)
@@ -78,4 +103,6 @@ class GramLoss(nn.Module):
             teacher_neg = teacher < 0  # taken before clipping (the upstream bug takes it after)
             teacher = teacher.clamp(min=0.0)
             student = torch.where(teacher_neg & (student < 0), torch.zeros_like(student), student)
+        if pair_mask is not None:
+            return ((student - teacher) ** 2)[pair_mask].mean()
         return F.mse_loss(student, teacher)
