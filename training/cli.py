@@ -62,6 +62,7 @@ def pretrain_command(
     from geodino.training.config import ConfigError, load_config
     from geodino.training.data.windows import TrainingDataError
     from geodino.training.loop import RunError, train
+    from geodino.training.meta_arch import BatchError, GramTeacherError
 
     paths, overrides = _split(list(extra or []))
     paths = [*(data or []), *paths]
@@ -80,7 +81,7 @@ def pretrain_command(
             if not cfg.data.paths:
                 raise TrainingDataError("no training data: pass --data PATH (rasters, folders, globs or .txt lists)")
         result = train(cfg, out, resume=resume, log=typer.echo)
-    except (ConfigError, TrainingDataError, RunError, CheckpointError) as err:
+    except (ConfigError, TrainingDataError, RunError, CheckpointError, GramTeacherError, BatchError) as err:
         _fail(err)
     typer.echo(f"wrote {result.backbone} (steps {result.start_iteration}..{result.end_iteration})")
 

@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "CropsConfig",
     "DataConfig",
+    "DiagnosticsConfig",
     "GramConfig",
     "HeadConfig",
     "LossConfig",
@@ -70,6 +71,7 @@ class DataConfig:
     mean: list[float] | None = None  # per-band normalisation mean; None: from the backbone metadata or statistics
     std: list[float] | None = None  # per-band normalisation std; None: as mean
     window_size: int | None = None  # side in pixels of the raster windows read before cropping; None: pipeline's choice
+    mosaic: bool = False  # the paths are tiles of one mosaic (one grid) instead of separate rasters
 
 
 @dataclass
@@ -181,6 +183,18 @@ class TrainConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """The patch-similarity diagnostic and the optional dense linear probe (every train.diagnostic_every steps)."""
+
+    probe_windows: int = 8  # fixed probe windows of the training rasters for patch similarity and Gram distance
+    probe_labels: str | None = None  # label raster (class ids) for the linear probe; None: no probe
+    probe_image: str | None = None  # imagery on the labels' grid; None: the first data path
+    probe_ignore_index: int | None = 0  # label value the probe ignores (e.g. 0 = no data); None: none
+    probe_tile: int | None = None  # probe tile side in pixels; None: crops.global_size
+    probe_steps: int = 100  # optimiser steps of the probe's linear head
+
+
+@dataclass
 class PretrainConfig:
     """Everything a pretraining run needs; see the module docstring for loading."""
 
@@ -195,6 +209,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # EMA teacher
     train: TrainConfig = field(default_factory=TrainConfig)  # loop
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # probe set and linear probe
 
     @property
     def gram_teacher_size(self) -> int:

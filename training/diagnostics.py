@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "QUANTILES",
     "ProbeResult",
+    "check_same_grid",
     "dense_linear_probe",
     "gram_distance",
     "patch_similarity",
@@ -140,7 +141,8 @@ def _tiles(height: int, width: int, size: int) -> list[tuple[int, int]]:
     return [(r, c) for r in range(0, height, size) for c in range(0, width, size)]
 
 
-def _check_same_grid(image: RasterSource, labels: RasterSource) -> None:
+def check_same_grid(image: RasterSource, labels: RasterSource) -> None:
+    """Refuse labels that are not on the image's grid (never aligned by array index)."""
     if image.shape != labels.shape or image.crs != labels.crs or not image.transform.almost_equals(labels.transform):
         raise ValueError(
             f"probe labels {labels.paths[0]} ({labels.shape}, {labels.crs}) are not on the grid of the probe image "
@@ -190,7 +192,7 @@ def dense_linear_probe(
     Returns:
         :class:`ProbeResult` with mIoU over the classes present in the held-out part.
     """
-    _check_same_grid(image, labels)
+    check_same_grid(image, labels)
     m = torch.tensor(list(mean), dtype=torch.float32)[:, None, None]
     s = torch.tensor(list(std), dtype=torch.float32)[:, None, None]
     from geodino.raster.windows import Window

@@ -236,13 +236,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA devices that support it; nothing elsewhere (never on CPU)."""
-    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -304,15 +297,19 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     device = _device(t.device)
     model = SSLMetaArch(cfg)
     model.to(device)
-    optimizer = build_optimizer(model.get_param_groups(), betas=tuple(cfg.optim.betas))
+    optimizer = build_optimizer(model.param_groups(), betas=tuple(cfg.optim.betas))
     start = load_checkpoint(ckpt, model, optimizer) if ckpt is not None else 0
     if start >= t.steps:
         raise RunError(f"{run_dir}: the run already reached step {start} of train.steps={t.steps}; raise --steps")
-    backbone = model.teacher_backbone
-    data = build_data(cfg, backbone, epoch=start)
+    teacher = model.teacher["backbone"]
+    data = build_data(cfg, teacher, epoch=start)
+    meta = trained_meta(teacher.meta, data)
+    for module in (model.student["backbone"], teacher):
+        module.meta = meta  # what the exported backbone carries: these bands and this normalisation
+    probe_fn = make_probe(cfg, data)
     schedules = build_schedules(cfg)
     metrics = MetricsLog(run_dir / "metrics.csv", resume_step=start if ckpt is not None else None)
-    probe = probe_images(data.windows, 8, cfg.crops.global_size, data.mean, data.std).to(device)
+    probe = probe_images(data.windows, cfg.diagnostics.probe_windows, cfg.crops.global_size, data.mean, data.std)
     log(
         f"pretraining {cfg.student.arch} on {len(data.windows.sources)} raster(s), normalisation from "
         f"{data.normalization}; steps {start}..{t.steps} on {device}"
@@ -331,12 +328,11 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
             )
             batch = _to(next(batches), device)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, t.bf16):
-                total, parts = model.forward_backward(batch, iteration=it, teacher_temp=values["teacher_temp"])
+            total, parts = model.forward_backward(batch, iteration=it, teacher_temp=values["teacher_temp"])
             if not math.isfinite(float(total)):
                 raise RunError(f"the loss became {float(total)} at step {it}; lower optim.lr or check the data")
             if cfg.optim.clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.student_parameters(), cfg.optim.clip_grad)
+                torch.nn.utils.clip_grad_norm_(model.student.parameters(), cfg.optim.clip_grad)
             optimizer.step()
             model.update_teacher(values["momentum"])
             step = it + 1
@@ -355,7 +351,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     "images_per_s": t.batch_size * (step - start) / max(elapsed, 1e-9),
                 }
                 if diag:
-                    row.update(run_diagnostics(model.teacher_backbone, probe, model.gram_teacher_backbone))
+                    row.update(run_diagnostics(teacher, probe, model.gram_teacher, probe_fn))
                 metrics.write(row)
                 sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag else ""
                 log(f"step {step}/{t.steps} loss {float(total):.4f} lr {values['lr']:.2e}{sim}")
@@ -364,4 +360,62 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     finally:
         metrics.close()
     out = model.export_teacher_backbone(run_dir / "backbone.pth")
-    return RunResult(run_dir, start, t.steps, Path(out) if out is not None else run_dir / "backbone.pth")
+    return RunResult(run_dir, start, t.steps, Path(out))
+
+
+def trained_meta(meta: Any, data: DataPipeline) -> Any:
+    """The backbone metadata of a run: the training rasters' band names and the normalisation used.
+
+    Bands keep the backbone's names unless the rasters name theirs (band descriptions); the GSD is the rasters'
+    pixel size when they share one in metres.
+    """
+    sources = data.windows.sources
+    names = sources[0].band_names
+    described = not all(n == f"band_{i}" for i, n in enumerate(names, start=1))
+    res = {s.res for s in sources}
+    metres = all(s.crs is not None and s.crs.linear_units in ("metre", "meter") for s in sources)
+    gsd = float(next(iter(res))[0]) if len(res) == 1 and metres else meta.gsd
+    weights = "geodino" if meta.weights == "random" else meta.weights
+    return meta.replace(
+        bands=tuple(names) if described else meta.bands, mean=data.mean, std=data.std, gsd=gsd, weights=weights
+    )
+
+
+def make_probe(cfg: PretrainConfig, data: DataPipeline) -> Any:
+    """The dense linear probe of ``cfg.diagnostics`` as a callable of the backbone, or None without labels."""
+    from geodino.raster.normalize import default_scale
+    from geodino.raster.source import RasterSource
+    from geodino.training.diagnostics import check_same_grid, dense_linear_probe
+
+    d = cfg.diagnostics
+    if d.probe_labels is None:
+        return None
+    image_path = d.probe_image or data.windows.sources[0].paths[0]
+    try:
+        image = RasterSource(image_path, bands=cfg.data.bands)
+        labels = RasterSource(d.probe_labels, bands=[1])
+    except (OSError, ValueError) as exc:
+        raise TrainingDataError(f"cannot read the probe rasters: {exc}") from exc
+    if image.count != len(data.mean):
+        raise TrainingDataError(f"{image_path}: the probe image gives {image.count} bands, the run {len(data.mean)}")
+    try:
+        check_same_grid(image, labels)
+    except ValueError as exc:
+        raise TrainingDataError(str(exc)) from exc
+    tile = d.probe_tile or cfg.crops.global_size
+
+    def probe(backbone: Any) -> Any:
+        return dense_linear_probe(
+            backbone,
+            image,
+            labels,
+            mean=data.mean,
+            std=data.std,
+            scale=default_scale(image.dtype),
+            tile=tile,
+            ignore_index=d.probe_ignore_index,
+            steps=d.probe_steps,
+            seed=cfg.train.seed,
+        )
+
+    return probe
