@@ -51,11 +51,13 @@ def pretrain_command(
     data: Annotated[
         list[str] | None, typer.Option(help="Raster file, folder, glob or .txt list (repeatable; more may follow).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Run folder (config.yaml, metrics.csv, checkpoints/, backbone.pth).")] = Path(
-        "pretrain-run"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Run folder (config.yaml, metrics.csv, checkpoints/, backbone.pth).")
+    ] = Path("pretrain-run"),
     steps: Annotated[int | None, typer.Option(help="Optimiser steps (train.steps).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
 ) -> None:
     """Self-supervised pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on rasters."""
     from geodino.models.checkpoint import CheckpointError

@@ -154,7 +154,7 @@ def open_sources(
             largest = max(sources, key=lambda s: s.height * s.width)
             raise TrainingDataError(
                 f"the training window ({window_size}x{window_size} px) is larger than every raster (largest: "
-                f"{largest.paths[0]}, {largest.height}x{largest.width}); lower data.window_size"
+                f"{largest.paths[0]}, {largest.height}x{largest.width}); use smaller windows (data.window_size, crops.global_size)"
             )
         for s in sources:
             if s not in fit:
