@@ -233,3 +233,18 @@ def test_dino_head_shape_and_structure() -> None:
     bottleneck = torch.nn.functional.normalize(head.mlp(x), dim=-1)
     torch.testing.assert_close(out, bottleneck @ head.last_layer.weight.t())
     assert DINOHead(16, 10, 12, 6, nlayers=1)(x).shape == (4, 10)
+
+
+def test_gram_loss_token_mask_selects_tokens() -> None:
+    s, t = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
+    keep = torch.tensor([[True, True, False, True]] * 2)
+    loss = GramLoss(remove_neg=False)
+    sub = loss(s[:, [0, 1, 3]], t[:, [0, 1, 3]])
+    torch.testing.assert_close(loss(s, t, token_mask=keep), sub)
+    # Over the flattened batch: the Gram matrix of the selected tokens of every image.
+    uneven = torch.tensor([[True, False, False, False], [False, True, True, False]])
+    flat = loss(s[uneven].unsqueeze(0), t[uneven].unsqueeze(0))
+    torch.testing.assert_close(loss(s, t, img_level=False, token_mask=uneven), flat)
+    # Nothing selected: 0, not NaN.
+    none = loss(s, t, token_mask=torch.zeros(2, 4, dtype=torch.bool))
+    assert none.item() == 0.0

@@ -194,3 +194,20 @@ def test_gram_on_masked_tokens_only_and_softmax_centering(tiny_cfg, batch_factor
         total, parts = arch.forward_backward(batch_factory(cfg, batch_size=4), 0, 0.04)
         assert torch.isfinite(total) and parts["gram"] > 0, tokens
     assert arch.dino_loss.center.abs().sum() > 0  # the softmax centre was updated
+
+
+def test_high_res_gram_features_are_resized_bicubically_to_the_student_grid(tiny_cfg, batch_factory) -> None:
+    cfg = tiny_cfg("gram.enabled=true", "gram.high_res=true")
+    arch = SSLMetaArch(cfg)
+    batch = batch_factory(cfg, batch_size=2)
+    feats = arch.get_gram_teacher_output(batch)
+    assert feats.shape == (4, 64, 64)  # 2 crops x 2 images, 8 x 8 student patches, width 64
+    hi = arch.gram_teacher.forward_features(batch["gram_crops"])["x_norm_patchtokens"]  # 16 x 16 patches
+    fmap = hi.transpose(1, 2).reshape(4, 64, 16, 16)
+    expected = torch.nn.functional.interpolate(fmap, size=(8, 8), mode="bicubic", antialias=False)
+    torch.testing.assert_close(feats, expected.flatten(2).transpose(1, 2))
+    # Without the high-resolution path the teacher sees the global crops themselves.
+    low = SSLMetaArch(tiny_cfg("gram.enabled=true"))
+    low.gram_teacher.load_state_dict(arch.gram_teacher.state_dict())
+    direct = low.gram_teacher.forward_features(batch["global_crops"])["x_norm_patchtokens"]
+    torch.testing.assert_close(low.get_gram_teacher_output(batch), direct)
