@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "MISSING",
     "ConfigError",
     "CropsConfig",
     "DataConfig",
@@ -41,6 +42,10 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 GramTokens = Literal["all", "masked", "unmasked"]
 Centering = Literal["sinkhorn_knopp", "softmax"]
+
+
+# A recipe value the user must give (e.g. the weights a "continue" recipe starts from).
+MISSING = "???"
 
 
 class ConfigError(ValueError):
@@ -236,6 +241,17 @@ def config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"section.key": value}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -370,6 +386,11 @@ def _read_recipe(recipe: str | Path) -> tuple[dict[str, Any], str]:
 def validate(cfg: PretrainConfig) -> PretrainConfig:
     """Cross-field checks that the types alone cannot express; raises `ConfigError`."""
     backbone_name(cfg.student.arch)
+    missing = [key for key, value in _flatten(config_to_dict(cfg)).items() if value == MISSING]
+    if missing:
+        raise ConfigError(
+            f"the recipe needs a value for {', '.join(missing)}: pass it as an override, e.g. {missing[0]}=/path"
+        )
     c, p = cfg.crops, cfg.student.patch_size
     problems = []
     if c.n_global < 1:

@@ -211,3 +211,32 @@ def test_high_res_gram_features_are_resized_bicubically_to_the_student_grid(tiny
     low.gram_teacher.load_state_dict(arch.gram_teacher.state_dict())
     direct = low.gram_teacher.forward_features(batch["global_crops"])["x_norm_patchtokens"]
     torch.testing.assert_close(low.get_gram_teacher_output(batch), direct)
+
+
+@pytest.mark.parametrize("recipe", ["continue_sat493m", "continue_sat493m_gram", "gram_stage"])
+def test_continue_recipes_run_from_an_official_checkpoint(tmp_path, recipe, batch_factory) -> None:
+    """The shipped recipes, shrunk to the test ViT (arch, crops, heads), continue from a Meta-layout file."""
+    from geodino.training.config import load_config
+
+    ckpt = _official_file(tmp_path / "sat.pth", ARCHS["dinov3_vit_test"])
+    small = [
+        "student.arch=test",
+        f"student.weights={ckpt}",
+        "student.pretraining=sat493m",
+        "crops.global_size=64",
+        "crops.local_size=32",
+        "crops.n_local=2",
+        *(f"{h}.{k}={v}" for h in ("dino_head", "ibot_head") for k, v in (("prototypes", 64), ("hidden_dim", 32))),
+    ]
+    if recipe != "continue_sat493m":
+        small.append(f"gram.teacher={ckpt}")
+    cfg = load_config(recipe, small)
+    arch = SSLMetaArch(cfg).train()
+    assert (arch.gram_teacher is not None) == (recipe != "continue_sat493m")
+    batch = batch_factory(cfg, batch_size=2)
+    assert (batch["gram_crops"] is not None) == cfg.gram.high_res
+    total, parts = arch.forward_backward(batch, 0, cfg.teacher.temp_warmup_start)
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in parts.values())
+    # Gram weight ramps from 0 at the start iteration (the recipes ramp over 1000 iterations).
+    assert parts["gram_weight"] == 0.0
+    assert float(arch.gram_weight(10**6)) == (cfg.gram.weight if cfg.gram.enabled else 0.0)
