@@ -38,6 +38,11 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
         rows = slice(0, 3) if rank == 0 else slice(3, 8)
         n_local = torch.tensor(rows.stop - rows.start)
         sk_patch = iBOTPatchLoss(7).sinkhorn_knopp_teacher(d["patch_logits"][rows], 0.05, n_local)
+        # Rank 0 without any masked patch: it still joins the collectives, rank 1 gets the full result.
+        rows0 = slice(0, 0) if rank == 0 else slice(0, 8)
+        sk_empty = iBOTPatchLoss(7).sinkhorn_knopp_teacher(
+            d["patch_logits"][rows0], 0.05, torch.tensor(rows0.stop - rows0.start)
+        )
         dino.update_center(d["logits"][rank * 4 : (rank + 1) * 4])
         total = all_reduce(torch.tensor([1.0 + rank]))
         torch.save(
@@ -46,6 +51,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
                 "grad": x.grad,
                 "sk": sk,
                 "sk_patch": sk_patch,
+                "sk_empty": sk_empty,
                 "center": dino.center,
                 "world": get_world_size(),
                 "rank": get_rank(),
@@ -79,6 +85,8 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     # Sinkhorn-Knopp: each rank's rows of the single-process result on the concatenated batch.
     torch.testing.assert_close(torch.cat([r[0]["sk"], r[1]["sk"]]), sinkhorn_knopp(d["logits"], 0.05))
     torch.testing.assert_close(torch.cat([r[0]["sk_patch"], r[1]["sk_patch"]]), sinkhorn_knopp(d["patch_logits"], 0.05))
+    assert r[0]["sk_empty"].shape == (0, 7)
+    torch.testing.assert_close(r[1]["sk_empty"], sinkhorn_knopp(d["patch_logits"], 0.05))
     # Centre update: the mean over every rank's samples.
     expected_center = 0.1 * d["logits"].mean(dim=0, keepdim=True)
     torch.testing.assert_close(r[0]["center"], expected_center)

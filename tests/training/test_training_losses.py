@@ -55,6 +55,13 @@ def test_sinkhorn_of_dino_and_ibot_agree_and_survive_large_logits() -> None:
     torch.testing.assert_close(dino.sum(dim=1), torch.ones(5))
 
 
+def test_sinkhorn_and_ibot_without_any_masked_patch() -> None:
+    empty = iBOTPatchLoss(7).sinkhorn_knopp_teacher(torch.randn(0, 7), 0.05, torch.tensor(0))
+    assert empty.shape == (0, 7)
+    loss = iBOTPatchLoss(7).forward_masked(torch.randn(0, 7), empty, torch.zeros(3, 4, dtype=torch.bool))
+    assert loss.item() == 0.0
+
+
 # ------------------------------------------------------------------------------------------------- DINO
 def _dino_by_hand(student: torch.Tensor, teacher: torch.Tensor, temp: float, ignore_diagonal: bool) -> float:
     S, B, _ = student.shape

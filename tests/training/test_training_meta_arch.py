@@ -240,3 +240,12 @@ def test_continue_recipes_run_from_an_official_checkpoint(tmp_path, recipe, batc
     # Gram weight ramps from 0 at the start iteration (the recipes ramp over 1000 iterations).
     assert parts["gram_weight"] == 0.0
     assert float(arch.gram_weight(10**6)) == (cfg.gram.weight if cfg.gram.enabled else 0.0)
+
+
+def test_a_batch_without_any_mask(tiny_cfg, batch_factory) -> None:
+    cfg = tiny_cfg("gram.enabled=true", "gram.tokens=masked")
+    arch = SSLMetaArch(cfg).train()
+    batch = batch_factory(cfg, batch_size=2)
+    batch["masks"] = torch.zeros_like(batch["masks"])
+    total, parts = arch.forward_backward(batch, 0, 0.04)
+    assert torch.isfinite(total) and parts["ibot"] == 0 and parts["gram"] == 0 and parts["dino/local"] > 0
