@@ -445,11 +445,15 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
 
 
 def save_config(cfg: PretrainConfig, path: str | Path) -> Path:
-    """Write the resolved configuration as YAML (a folder gets ``config.yaml``); returns the file path."""
+    """Write the resolved configuration as YAML; returns the file path.
+
+    Args:
+        path: a ``.yaml`` / ``.yml`` file, or a run folder (created if needed) that gets ``config.yaml``.
+    """
     import yaml
 
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix.lower() not in (".yaml", ".yml"):
         path = path / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

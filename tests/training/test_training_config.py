@@ -122,6 +122,9 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
     assert again == cfg
     assert config_to_dict(again) == config_to_dict(cfg)
     assert dataclasses.is_dataclass(again) and isinstance(again, PretrainConfig)
+    # A run folder that does not exist yet is created; an explicit file name is kept.
+    assert save_config(cfg, tmp_path / "run" / "new") == tmp_path / "run" / "new" / "config.yaml"
+    assert save_config(cfg, tmp_path / "other.yml") == tmp_path / "other.yml"
 
 
 def test_backbone_names() -> None:
