@@ -464,6 +464,19 @@ class SSLMetaArch(nn.Module):
             patch_embed_lr_mult=o.patch_embed_lr_mult,
         )
 
+    def make_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over `param_groups` with the recipe's betas; lr and weight decay come from `apply_schedules`."""
+        from geodino.training.param_groups import build_optimizer
+
+        return build_optimizer(self.param_groups(), betas=self.cfg.optim.betas)
+
+    def clip_gradients(self) -> Tensor | None:
+        """Clip the student's gradient norm to `optim.clip_grad` (None: off); returns the norm before clipping."""
+        clip = self.cfg.optim.clip_grad
+        if clip is None:
+            return None
+        return torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip)
+
     def export_teacher_backbone(self, path: str | Path) -> Path:
         """Write the EMA teacher's backbone with `geodino.models.checkpoint.save_backbone` (load_backbone reads it)."""
         from geodino.models.checkpoint import save_backbone

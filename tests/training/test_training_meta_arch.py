@@ -66,12 +66,15 @@ def test_total_loss_falls_on_a_fixed_batch(tiny_cfg, batch_factory) -> None:
     cfg = tiny_cfg()
     arch = SSLMetaArch(cfg).train()
     batch = batch_factory(cfg, batch_size=4)
-    opt = build_optimizer(arch.param_groups())
+    opt = arch.make_optimizer()
+    assert opt.param_groups[0]["betas"] == cfg.optim.betas
     losses = []
     for it in range(20):
         apply_schedules(opt, 1e-3, 0.04)
         opt.zero_grad(set_to_none=True)
         total, _ = arch.forward_backward(batch, it, teacher_temp=0.04)
+        norm = arch.clip_gradients()
+        assert norm is not None and torch.isfinite(norm)
         opt.step()
         arch.update_teacher(0.9)
         losses.append(float(total))
