@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "MISSING",
     "ConfigError",
     "CropsConfig",
     "DataConfig",
@@ -42,6 +43,10 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 
 GramTokens = Literal["all", "masked", "unmasked"]
 Centering = Literal["sinkhorn_knopp", "softmax"]
+
+
+# A recipe value the user must give (e.g. the weights a "continue" recipe starts from).
+MISSING = "???"
 
 
 class ConfigError(ValueError):
@@ -251,6 +256,17 @@ def config_to_dict(cfg: PretrainConfig) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"section.key": value}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -385,6 +401,11 @@ def _read_recipe(recipe: str | Path) -> tuple[dict[str, Any], str]:
 def validate(cfg: PretrainConfig) -> PretrainConfig:
     """Cross-field checks that the types alone cannot express; raises `ConfigError`."""
     backbone_name(cfg.student.arch)
+    missing = [key for key, value in _flatten(config_to_dict(cfg)).items() if value == MISSING]
+    if missing:
+        raise ConfigError(
+            f"the recipe needs a value for {', '.join(missing)}: pass it as an override, e.g. {missing[0]}=/path"
+        )
     c, p = cfg.crops, cfg.student.patch_size
     problems = []
     if c.n_global < 1:
@@ -439,11 +460,15 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
 
 
 def save_config(cfg: PretrainConfig, path: str | Path) -> Path:
-    """Write the resolved configuration as YAML (a folder gets ``config.yaml``); returns the file path."""
+    """Write the resolved configuration as YAML; returns the file path.
+
+    Args:
+        path: a ``.yaml`` / ``.yml`` file, or a run folder (created if needed) that gets ``config.yaml``.
+    """
     import yaml
 
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or path.suffix.lower() not in (".yaml", ".yml"):
         path = path / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

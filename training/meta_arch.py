@@ -304,7 +304,8 @@ class SSLMetaArch(nn.Module):
         Returns:
             ``global_cls_logits`` (n_global, B, K), ``local_cls_logits`` (n_local, B, K) or None,
             ``masked_patch_logits`` (M, Kp), ``global_cls`` (n_global * B, D) cls tokens before the head,
-            ``global_patch_tokens`` (n_global * B, Ng, D) final-norm patch tokens.
+            ``global_patch_tokens`` (n_global * B, Ng, D) final-norm patch tokens, ``masks`` the batch's
+            (n_global * B, Ng) masks (carried to `compute_losses`).
         """
         g, masks = batch["global_crops"], batch["masks"]
         n_g, n_l = int(batch["n_global"]), int(batch["n_local"])
@@ -326,6 +327,7 @@ class SSLMetaArch(nn.Module):
             "masked_patch_logits": patch_logits,
             "global_cls": glob["x_norm_clstoken"],
             "global_patch_tokens": glob["x_norm_patchtokens"],
+            "masks": masks,
         }
 
     @torch.no_grad()
@@ -367,21 +369,18 @@ class SSLMetaArch(nn.Module):
         student_out: dict[str, Tensor | None],
         gram_out: Tensor | None,
         iteration: int,
-        masks: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted total loss and its unweighted parts.
 
         Args:
             teacher_out / student_out / gram_out: the stages' outputs on one batch.
             iteration: the training iteration (Gram weight schedule).
-            masks: the batch's (n_global * B, Ng) masks (needed for iBOT weights and Gram on masked tokens).
 
         Returns:
             (total, parts): parts has `LOSS_KEYS` (unweighted, detached; 0 for a term that is off) and
             ``gram_weight``.
         """
-        if masks is None:
-            raise ValueError("compute_losses needs the batch's masks")
+        masks = student_out["masks"]
         w = self.cfg.loss
         teacher_probs = teacher_out["cls_probs"]
         n_g = teacher_probs.shape[0]
@@ -446,7 +445,7 @@ class SSLMetaArch(nn.Module):
         student_out = self.get_student_output(batch)
         use_gram = self.gram_teacher is not None and iteration >= self.cfg.gram.start_iteration
         gram_out = self.get_gram_teacher_output(batch) if use_gram else None
-        total, parts = self.compute_losses(teacher_out, student_out, gram_out, iteration, masks=batch["masks"])
+        total, parts = self.compute_losses(teacher_out, student_out, gram_out, iteration)
         total.backward()
         return total.detach(), parts
 
@@ -464,6 +463,19 @@ class SSLMetaArch(nn.Module):
             layerwise_decay=o.layerwise_decay,
             patch_embed_lr_mult=o.patch_embed_lr_mult,
         )
+
+    def make_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over `param_groups` with the recipe's betas; lr and weight decay come from `apply_schedules`."""
+        from geodino.training.param_groups import build_optimizer
+
+        return build_optimizer(self.param_groups(), betas=self.cfg.optim.betas)
+
+    def clip_gradients(self) -> Tensor | None:
+        """Clip the student's gradient norm to `optim.clip_grad` (None: off); returns the norm before clipping."""
+        clip = self.cfg.optim.clip_grad
+        if clip is None:
+            return None
+        return torch.nn.utils.clip_grad_norm_(self.student.parameters(), clip)
 
     def export_teacher_backbone(self, path: str | Path) -> Path:
         """Write the EMA teacher's backbone with `geodino.models.checkpoint.save_backbone` (load_backbone reads it)."""

@@ -28,11 +28,26 @@ def test_shipped_recipes_load_and_are_package_data() -> None:
     assert tiny.student.arch == "test" and tiny.student.weights is None
     assert tiny.crops.global_size == 64 and tiny.crops.local_size == 32
     assert tiny.dino_head.prototypes == 256
-    assert not load_config("continue_sat493m").gram.enabled
-    gram = load_config("continue_sat493m_gram")
+    given = ["student.weights=/w.pth", "gram.teacher=/w.pth"]
+    assert not load_config("continue_sat493m", given[:1]).gram.enabled
+    gram = load_config("continue_sat493m_gram", given)
     assert gram.gram.enabled and gram.student.arch == "vitl16" and gram.optim.betas == (0.9, 0.99)
-    stage = load_config("gram_stage")
+    assert gram.student.weights == gram.gram.teacher == "/w.pth"
+    stage = load_config("gram_stage", [*given[:1], "gram.teacher=ema"])
     assert stage.gram.update_frequency == 10000 and stage.gram.max_updates == 3
+
+
+@pytest.mark.parametrize(
+    ("recipe", "missing"),
+    [
+        ("continue_sat493m", "student.weights"),
+        ("continue_sat493m_gram", "student.weights, gram.teacher"),
+        ("gram_stage", "student.weights, gram.teacher"),
+    ],
+)
+def test_recipes_that_continue_refuse_to_start_without_their_weights(recipe: str, missing: str) -> None:
+    with pytest.raises(ConfigError, match=f"the recipe needs a value for {missing}: pass it as an override"):
+        load_config(recipe)
 
 
 def test_defaults_follow_the_reference() -> None:
@@ -107,6 +122,9 @@ def test_save_then_load_round_trips(tmp_path: Path) -> None:
     assert again == cfg
     assert config_to_dict(again) == config_to_dict(cfg)
     assert dataclasses.is_dataclass(again) and isinstance(again, PretrainConfig)
+    # A run folder that does not exist yet is created; an explicit file name is kept.
+    assert save_config(cfg, tmp_path / "run" / "new") == tmp_path / "run" / "new" / "config.yaml"
+    assert save_config(cfg, tmp_path / "other.yml") == tmp_path / "other.yml"
 
 
 def test_backbone_names() -> None:

@@ -55,6 +55,13 @@ def test_sinkhorn_of_dino_and_ibot_agree_and_survive_large_logits() -> None:
     torch.testing.assert_close(dino.sum(dim=1), torch.ones(5))
 
 
+def test_sinkhorn_and_ibot_without_any_masked_patch() -> None:
+    empty = iBOTPatchLoss(7).sinkhorn_knopp_teacher(torch.randn(0, 7), 0.05, torch.tensor(0))
+    assert empty.shape == (0, 7)
+    loss = iBOTPatchLoss(7).forward_masked(torch.randn(0, 7), empty, torch.zeros(3, 4, dtype=torch.bool))
+    assert loss.item() == 0.0
+
+
 # ------------------------------------------------------------------------------------------------- DINO
 def _dino_by_hand(student: torch.Tensor, teacher: torch.Tensor, temp: float, ignore_diagonal: bool) -> float:
     S, B, _ = student.shape
@@ -233,3 +240,18 @@ def test_dino_head_shape_and_structure() -> None:
     bottleneck = torch.nn.functional.normalize(head.mlp(x), dim=-1)
     torch.testing.assert_close(out, bottleneck @ head.last_layer.weight.t())
     assert DINOHead(16, 10, 12, 6, nlayers=1)(x).shape == (4, 10)
+
+
+def test_gram_loss_token_mask_selects_tokens() -> None:
+    s, t = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
+    keep = torch.tensor([[True, True, False, True]] * 2)
+    loss = GramLoss(remove_neg=False)
+    sub = loss(s[:, [0, 1, 3]], t[:, [0, 1, 3]])
+    torch.testing.assert_close(loss(s, t, token_mask=keep), sub)
+    # Over the flattened batch: the Gram matrix of the selected tokens of every image.
+    uneven = torch.tensor([[True, False, False, False], [False, True, True, False]])
+    flat = loss(s[uneven].unsqueeze(0), t[uneven].unsqueeze(0))
+    torch.testing.assert_close(loss(s, t, img_level=False, token_mask=uneven), flat)
+    # Nothing selected: 0, not NaN.
+    none = loss(s, t, token_mask=torch.zeros(2, 4, dtype=torch.bool))
+    assert none.item() == 0.0

@@ -18,7 +18,10 @@ __all__ = ["DINOLoss", "sinkhorn_knopp"]
 
 def _global_logsumexp(x: Tensor, dim: int) -> Tensor:
     """logsumexp of x along `dim`, where that dimension is split across ranks (max-shifted, all-reduced)."""
-    m = x.max(dim=dim, keepdim=True).values.detach().clone()
+    if x.shape[dim] > 0:
+        m = x.amax(dim=dim, keepdim=True).detach().clone()
+    else:  # this rank holds no sample (e.g. no masked patch): it still joins the collectives
+        m = x.new_full((*x.shape[:dim], 1, *x.shape[dim + 1 :]), -math.inf)
     if get_world_size() > 1:
         import torch.distributed as dist
 
@@ -55,6 +58,8 @@ def sinkhorn_knopp(logits: Tensor, temp: float, n_samples: Tensor | int | None =
         N = float(log_q.shape[1] * get_world_size())
     else:
         N = float(n_samples.item() if isinstance(n_samples, Tensor) else n_samples)
+    if N == 0:  # no sample on any rank (N is global, so every rank returns here, before any collective)
+        return logits.float().new_zeros(logits.shape)
     # Total mass 1: log Q -= log sum over every prototype and sample.
     log_q = log_q - _global_logsumexp(torch.logsumexp(log_q, dim=0, keepdim=True), dim=1)
     for _ in range(n_iterations):
