@@ -284,7 +284,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     from geodino.training.config import save_config
     from geodino.training.diagnostics import probe_images, run_diagnostics
     from geodino.training.meta_arch import SSLMetaArch
-    from geodino.training.param_groups import apply_schedules, build_optimizer, last_layer_frozen
+    from geodino.training.param_groups import apply_schedules, last_layer_frozen
     from geodino.training.schedules import build_schedules
 
     run_dir = Path(run_dir)
@@ -297,7 +297,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     device = _device(t.device)
     model = SSLMetaArch(cfg)
     model.to(device)
-    optimizer = build_optimizer(model.param_groups(), betas=tuple(cfg.optim.betas))
+    optimizer = model.make_optimizer()
     start = load_checkpoint(ckpt, model, optimizer) if ckpt is not None else 0
     if start >= t.steps:
         raise RunError(f"{run_dir}: the run already reached step {start} of train.steps={t.steps}; raise --steps")
@@ -331,8 +331,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
             total, parts = model.forward_backward(batch, iteration=it, teacher_temp=values["teacher_temp"])
             if not math.isfinite(float(total)):
                 raise RunError(f"the loss became {float(total)} at step {it}; lower optim.lr or check the data")
-            if cfg.optim.clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.student.parameters(), cfg.optim.clip_grad)
+            model.clip_gradients()
             optimizer.step()
             model.update_teacher(values["momentum"])
             step = it + 1

@@ -67,7 +67,7 @@ def build_backbone(cfg: PretrainConfig) -> nn.Module:
         ConfigError: the weights do not match `arch`, `patch_size` or `in_chans`.
     """
     from geodino.models.checkpoint import load_backbone
-    from geodino.models.config import ARCHS
+    from geodino.models.config import ARCHS, arch_name_for
     from geodino.models.vit import DinoVisionTransformer
 
     s = cfg.student
@@ -76,7 +76,14 @@ def build_backbone(cfg: PretrainConfig) -> nn.Module:
     if s.weights is None:
         arch = ARCHS[name].replace(patch_size=s.patch_size, in_chans=s.in_chans)
         return DinoVisionTransformer(arch, **options).train()
-    model = load_backbone(s.weights, expect=name, pretraining=s.pretraining, **options)
+    model = load_backbone(s.weights, pretraining=s.pretraining, **options)
+    # The architecture check ignores the patch size (checked next): a patch-8 tiny run's export must load too.
+    found = arch_name_for(model.config.replace(patch_size=ARCHS[name].patch_size))
+    if found != name:
+        raise ConfigError(
+            f"{s.weights}: holds {found or 'an unknown architecture'} (width {model.embed_dim}, depth "
+            f"{len(model.blocks)}), not student.arch={s.arch}"
+        )
     if model.patch_size != s.patch_size:
         raise ConfigError(
             f"{s.weights}: patch size {model.patch_size}, but student.patch_size={s.patch_size}; set it to "

@@ -98,3 +98,21 @@ def test_resume_continues_from_the_last_checkpoint(scene, tmp_path):
     with pytest.raises(RunError, match="no checkpoint"):
         shutil.rmtree(run / "checkpoints")
         train(load_config("tiny", [*base, "train.steps=9"]), run, resume=True)
+
+
+def test_gram_anchoring_high_res_from_ema_then_from_the_runs_backbone(scene, tmp_path):
+    image, _ = scene
+    base = [f"data.paths=['{image}']", "train.log_every=1", "train.diagnostic_every=4", "train.steps=4"]
+    gram = ["gram.enabled=true", "gram.high_res=true", "gram.start_iteration=2", "gram.weight=2.0"]
+    first = train(load_config("tiny", [*base, *gram]), tmp_path / "ema", log=lambda *_: None)
+    _, rows = _rows(tmp_path / "ema")
+    assert [float(r["gram_weight"]) for r in rows] == [0.0, 0.0, 2.0, 2.0]
+    assert [float(r["gram"]) > 0 for r in rows] == [False, False, True, True]
+    assert float(rows[-1]["gram_distance"]) > 0  # the student has moved away from the teacher copied at step 2
+    # A Gram stage started from the run's own exported teacher (a fixed Gram teacher).
+    stage = [*base, "gram.enabled=true", f"gram.teacher={first.backbone}", f"student.weights={first.backbone}"]
+    train(load_config("tiny", [*stage, "train.diagnostic_every=1"]), tmp_path / "stage", log=lambda *_: None)
+    _, rows = _rows(tmp_path / "stage")
+    assert all(float(r["gram"]) > 0 for r in rows)  # masked, RoPE-augmented student vs its frozen teacher
+    # The EMA teacher starts as the Gram teacher (lr is 0 at the first step), then drifts away from it.
+    assert float(rows[0]["gram_distance"]) < 1e-9 and float(rows[-1]["gram_distance"]) > 0
