@@ -245,6 +245,33 @@ def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
         yield from loader
 
 
+def train_step(
+    model: Any, optimizer: torch.optim.Optimizer, schedules: Any, batch: dict[str, Any], iteration: int
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, float]]:
+    """One optimisation step: schedules, forward and backward, gradient clip, AdamW step, EMA teacher update.
+
+    Returns:
+        (total loss, its named parts, the scheduled values used).
+    """
+    from geodino.training.param_groups import apply_schedules, last_layer_frozen
+
+    values = schedules.at(iteration)
+    apply_schedules(
+        optimizer,
+        values["lr"],
+        values["weight_decay"],
+        freeze_last_layer=last_layer_frozen(iteration, model.cfg.optim.freeze_last_layer_iters),
+    )
+    optimizer.zero_grad(set_to_none=True)
+    total, parts = model.forward_backward(batch, iteration=iteration, teacher_temp=values["teacher_temp"])
+    if not math.isfinite(float(total)):
+        raise RunError(f"the loss became {float(total)} at step {iteration}; lower optim.lr or check the data")
+    model.clip_gradients()
+    optimizer.step()
+    model.update_teacher(values["momentum"])
+    return total, parts, values
+
+
 @dataclass
 class RunResult:
     """What :func:`train` did."""
@@ -283,8 +310,8 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     """
     from geodino.training.config import save_config
     from geodino.training.diagnostics import probe_images, run_diagnostics
+    from geodino.training.distributed import get_rank, get_world_size
     from geodino.training.meta_arch import SSLMetaArch
-    from geodino.training.param_groups import apply_schedules, last_layer_frozen
     from geodino.training.schedules import build_schedules
 
     run_dir = Path(run_dir)
@@ -302,7 +329,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     if start >= t.steps:
         raise RunError(f"{run_dir}: the run already reached step {start} of train.steps={t.steps}; raise --steps")
     teacher = model.teacher["backbone"]
-    data = build_data(cfg, teacher, epoch=start)
+    data = build_data(cfg, teacher, epoch=start, rank=get_rank(), world_size=get_world_size())
     meta = trained_meta(teacher.meta, data)
     for module in (model.student["backbone"], teacher):
         module.meta = meta  # what the exported backbone carries: these bands and this normalisation
@@ -316,28 +343,16 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     )
     batches = _batches(data.loader)
     model.train()
-    tic = time.perf_counter()
+    tic, timed = time.perf_counter(), 0  # images/s over the steps since the last row (diagnostics excluded)
     try:
         for it in range(start, t.steps):
-            values = schedules.at(it)
-            apply_schedules(
-                optimizer,
-                values["lr"],
-                values["weight_decay"],
-                freeze_last_layer=last_layer_frozen(it, cfg.optim.freeze_last_layer_iters),
-            )
             batch = _to(next(batches), device)
-            optimizer.zero_grad(set_to_none=True)
-            total, parts = model.forward_backward(batch, iteration=it, teacher_temp=values["teacher_temp"])
-            if not math.isfinite(float(total)):
-                raise RunError(f"the loss became {float(total)} at step {it}; lower optim.lr or check the data")
-            model.clip_gradients()
-            optimizer.step()
-            model.update_teacher(values["momentum"])
-            step = it + 1
+            total, parts, values = train_step(model, optimizer, schedules, batch, it)
+            step, timed = it + 1, timed + 1
             diag = t.diagnostic_every > 0 and (step % t.diagnostic_every == 0 or step == t.steps)
-            if step % t.log_every == 0 or diag or step == t.steps or it == start:
-                elapsed = time.perf_counter() - tic
+            logged = step % t.log_every == 0 or diag or step == t.steps or it == start
+            if logged:
+                rate = t.batch_size * timed / max(time.perf_counter() - tic, 1e-9)
                 row: dict[str, Any] = {
                     "step": step,
                     "loss": float(total),
@@ -347,7 +362,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     "momentum": values["momentum"],
                     "teacher_temp": values["teacher_temp"],
                     "gram_weight": values["gram_weight"],
-                    "images_per_s": t.batch_size * (step - start) / max(elapsed, 1e-9),
+                    "images_per_s": rate,
                 }
                 if diag:
                     row.update(run_diagnostics(teacher, probe, model.gram_teacher, probe_fn))
@@ -356,6 +371,8 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                 log(f"step {step}/{t.steps} loss {float(total):.4f} lr {values['lr']:.2e}{sim}")
             if step % t.checkpoint_every == 0 or step == t.steps:
                 save_checkpoint(run_dir, model, optimizer, step)
+            if logged:
+                tic, timed = time.perf_counter(), 0
     finally:
         metrics.close()
     out = model.export_teacher_backbone(run_dir / "backbone.pth")
