@@ -42,7 +42,7 @@ CONFIGS = {
             "crops.global_size=224",
             "crops.local_size=96",
             "crops.n_local=4",
-            "train.batch_size=2",
+            "train.batch_size=4",
             "gram.enabled=true",
             "optim.layerwise_decay=0.98",
         ],
@@ -87,9 +87,10 @@ def model_work(model: SSLMetaArch, batch: dict) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def bench_config(name: str, scene: Path, repeats: int, workers: int) -> None:
+def bench_config(name: str, scene: Path, repeats: int, workers: int, batch: int | None) -> None:
     recipe, overrides = CONFIGS[name]
-    cfg = load_config(recipe, [*overrides, f"data.paths=['{scene}']", f"train.num_workers={workers}"])
+    extra = [f"data.paths=['{scene}']", f"train.num_workers={workers}"]
+    cfg = load_config(recipe, [*overrides, *extra, *([f"train.batch_size={batch}"] if batch else [])])
     torch.manual_seed(0)
     model = SSLMetaArch(cfg).train()
     optimizer = model.make_optimizer()
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
+    parser.add_argument("--batch", type=int, default=None, help="images per step (default: per configuration)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,7 +143,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scene = write_scene(Path(tmp) / "scene.tif")
         for name in args.configs.split(","):
-            bench_config(name.strip(), scene, args.repeats, args.workers)
+            bench_config(name.strip(), scene, args.repeats, args.workers, args.batch)
 
 
 if __name__ == "__main__":

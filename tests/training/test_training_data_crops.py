@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from training_data_helpers import write_rgb
+from training_data_helpers import single_thread, write_rgb  # noqa: F401 (single_thread is a fixture)
 
 from geodino.training.data import (
     BlockMaskGenerator,
@@ -16,6 +16,8 @@ from geodino.training.data import (
     open_sources,
     sample_masks,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _item(c: int = 3, s: int = 64, seed: int = 0) -> dict:
@@ -171,3 +173,33 @@ def test_collate_batch_format(tmp_path):
     no_local = MultiCrop(mean=[0.5] * 3, std=[0.2] * 3, global_size=32, n_local=0)
     b2 = collate([no_local(ds.read(ds.ref(i))) for i in range(2)])
     assert b2["local_crops"] is None and b2["gram_crops"] is None and b2["n_local"] == 0
+
+
+def test_blur_probabilities_are_the_intended_ones_not_the_inverted_release():
+    calls: list[int] = []
+
+    class Counting(MultiCrop):
+        def _photometric(self, x, blur_p, solarize_p, g):
+            calls.append(blur_p)
+            return super()._photometric(x, blur_p, solarize_p, g)
+
+    aug = Counting(mean=[0.5] * 3, std=[0.2] * 3, global_size=16, local_size=16, n_local=2)
+    for seed in range(3):
+        aug(_item(s=32, seed=seed))
+    assert calls[:4] == [1.0, 0.1, 0.5, 0.5]  # first global always blurred, second rarely, local crops half the time
+    blurred = []
+    original = MultiCrop.blur
+    MultiCrop.blur = staticmethod(lambda x, sigma: blurred.append(x.shape[-1]) or original(x, sigma))
+    try:
+        plain = MultiCrop(mean=[0.5] * 3, std=[0.2] * 3, global_size=16, local_size=8, n_local=2, jitter=(0, 0, 0, 0))
+        counts = {"second": 0, "local": 0}
+        for seed in range(100):
+            blurred.clear()
+            plain(_item(s=32, seed=seed))
+            assert blurred[0] == 16  # the first global crop, every time
+            counts["second"] += blurred.count(16) - 1
+            counts["local"] += blurred.count(8)
+    finally:
+        MultiCrop.blur = original
+    assert 2 <= counts["second"] <= 25  # p = 0.1 of 100 (the release's inverted rule would give about 100)
+    assert 70 <= counts["local"] <= 130  # p = 0.5 of 200

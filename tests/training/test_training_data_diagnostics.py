@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from rasters import write_raster
-from training_data_helpers import S2_13BAND, textured_scene, write_rgb
+from training_data_helpers import S2_13BAND, single_thread, textured_scene, write_rgb  # noqa: F401 (fixture)
 
 from geodino.hub import dinov3_vit_test
 from geodino.raster.source import RasterSource
@@ -18,6 +18,8 @@ from geodino.training.diagnostics import (
     probe_images,
     run_diagnostics,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_patch_similarity_on_known_tokens():
