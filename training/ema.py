@@ -32,5 +32,5 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     for t, s in zip(t_list, s_list, strict=True):
         if t.shape != s.shape:
             raise ValueError(f"teacher parameter shape {tuple(t.shape)} differs from the student's {tuple(s.shape)}")
-    torch._foreach_mul_(t_list, momentum)
-    torch._foreach_add_(t_list, s_list, alpha=1.0 - momentum)
+    # t + (1 - m) (s - t) = m t + (1 - m) s, in one fused pass per tensor list
+    torch._foreach_lerp_(t_list, s_list, 1.0 - momentum)

@@ -22,6 +22,7 @@ Loss weighting (dinov3-reference.md, section 2): the DINO loss on crop pairs is 
 16/18 with 2 global and 8 local crops), so the DINO total is the mean over all pairs. iBOT is the per-image mean
 over masked patches, averaged over the global crops' images and divided by n_global. KoLeo is summed over the
 global crops (each crop's batch on its own). Gram is the MSE of Gram matrices of the student's global crops.
+Total = dino_weight * dino + ibot_weight * ibot + koleo_weight * koleo + gram_weight(iteration) * gram.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from geodino.training.schedules import Schedule, gram_weight_schedule
 
 __all__ = ["LOSS_KEYS", "BatchError", "GramTeacherError", "GramTeacherSchedule", "SSLMetaArch", "build_backbone"]
 
-# Keys of the loss dict of `compute_losses` (unweighted values; 0 for a term that is off).
+# Loss keys of the dict of `compute_losses` (unweighted values; 0 for a term that is off); the dict also holds
+# "gram_weight", the scheduled Gram weight of that iteration.
 LOSS_KEYS = ("dino/global", "dino/local", "ibot", "koleo", "gram")
 
 

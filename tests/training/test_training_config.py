@@ -131,3 +131,17 @@ def test_backbone_names() -> None:
     assert backbone_name("test") == "dinov3_vit_test"
     assert backbone_name("vitl16") == "dinov3_vitl16"
     assert backbone_name("dinov3_vits16") == "dinov3_vits16"
+
+
+def test_every_default_has_a_one_line_comment() -> None:
+    import inspect
+
+    from geodino.training import config
+
+    source = inspect.getsource(config)
+    for cls in (getattr(config, name) for name in config.__all__):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            continue
+        for f in dataclasses.fields(cls):
+            lines = [line for line in source.splitlines() if line.strip().startswith(f"{f.name}: ")]
+            assert lines and all("  # " in line for line in lines), f"{cls.__name__}.{f.name} has no comment"

@@ -22,6 +22,9 @@ def _data() -> dict[str, torch.Tensor]:
         "feats": torch.randn(2 * 5, 6, generator=gen),  # 5 samples per rank
         "logits": torch.randn(2 * 4, 7, generator=gen) * 2,  # 4 samples per rank
         "patch_logits": torch.randn(3 + 5, 7, generator=gen) * 2,  # unequal: 3 masked patches on rank 0, 5 on 1
+        # Rank 0's rows underflow (the log-domain path), rank 1's do not: both ranks must switch together.
+        # (sample 1 lies 100 below sample 0 on every prototype: exp(-100 / 0.04) is 0 in float32).
+        "extreme": torch.cat([torch.full((1, 7), 100.0), torch.zeros(1, 7), torch.randn(6, 7, generator=gen)]),
     }
 
 
@@ -43,6 +46,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
         sk_empty = iBOTPatchLoss(7).sinkhorn_knopp_teacher(
             d["patch_logits"][rows0], 0.05, torch.tensor(rows0.stop - rows0.start)
         )
+        sk_extreme = sinkhorn_knopp(d["extreme"][rank * 4 : (rank + 1) * 4], 0.04)
         dino.update_center(d["logits"][rank * 4 : (rank + 1) * 4])
         total = all_reduce(torch.tensor([1.0 + rank]))
         torch.save(
@@ -52,6 +56,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
                 "sk": sk,
                 "sk_patch": sk_patch,
                 "sk_empty": sk_empty,
+                "sk_extreme": sk_extreme,
                 "center": dino.center,
                 "world": get_world_size(),
                 "rank": get_rank(),
@@ -87,6 +92,9 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     torch.testing.assert_close(torch.cat([r[0]["sk_patch"], r[1]["sk_patch"]]), sinkhorn_knopp(d["patch_logits"], 0.05))
     assert r[0]["sk_empty"].shape == (0, 7)
     torch.testing.assert_close(r[1]["sk_empty"], sinkhorn_knopp(d["patch_logits"], 0.05))
+    extreme = sinkhorn_knopp(d["extreme"], 0.04)
+    assert torch.isfinite(extreme).all()
+    torch.testing.assert_close(torch.cat([r[0]["sk_extreme"], r[1]["sk_extreme"]]), extreme)
     # Centre update: the mean over every rank's samples.
     expected_center = 0.1 * d["logits"].mean(dim=0, keepdim=True)
     torch.testing.assert_close(r[0]["center"], expected_center)

@@ -9,7 +9,7 @@ import torch
 
 from geodino.training.dino_head import DINOHead
 from geodino.training.losses import DINOLoss, GramLoss, KoLeoLoss, KoLeoLossDistributed, iBOTPatchLoss
-from geodino.training.losses.dino_clstoken import sinkhorn_knopp
+from geodino.training.losses.dino_clstoken import _sinkhorn_log_domain, sinkhorn_knopp
 
 
 def _log_softmax(row: list[float], temp: float) -> list[float]:
@@ -46,13 +46,27 @@ def test_sinkhorn_matches_loops_and_has_the_stated_marginals() -> None:
     torch.testing.assert_close(converged.sum(dim=1), torch.ones(6))
 
 
+@pytest.mark.parametrize("iters", [0, 1, 3])
+def test_sinkhorn_fast_path_equals_the_log_domain_iterates(iters: int) -> None:
+    logits = torch.randn(9, 11) * 2
+    fast = sinkhorn_knopp(logits, 0.1, n_iterations=iters)
+    torch.testing.assert_close(fast, _sinkhorn_log_domain(logits, 0.1, 9.0, iters), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast, torch.tensor(_naive_sinkhorn(logits.tolist(), 0.1, iters)), rtol=1e-5, atol=1e-6)
+
+
 def test_sinkhorn_of_dino_and_ibot_agree_and_survive_large_logits() -> None:
-    logits = torch.randn(5, 7) * 50  # exp(50 / 0.04) would overflow without the shift
+    logits = torch.randn(5, 7) * 50  # exp(50 / 0.04) overflows, and whole rows underflow: the log-domain path
     dino = DINOLoss(7).sinkhorn_knopp_teacher(logits, 0.04)
     ibot = iBOTPatchLoss(7).sinkhorn_knopp_teacher(logits, 0.04, torch.tensor(5))
     assert torch.isfinite(dino).all()
     torch.testing.assert_close(dino, ibot)
     torch.testing.assert_close(dino.sum(dim=1), torch.ones(5))
+    torch.testing.assert_close(dino, _sinkhorn_log_domain(logits, 0.04, 5.0, 3))
+    # Large but not extreme: the per-prototype shift alone keeps exp() finite (the reference's unshifted exp
+    # overflows here).
+    big = torch.randn(6, 5) * 3 + 10
+    assert torch.isinf(torch.exp(big / 0.04)).any()
+    torch.testing.assert_close(sinkhorn_knopp(big, 0.04), _sinkhorn_log_domain(big, 0.04, 6.0, 3))
 
 
 def test_sinkhorn_and_ibot_without_any_masked_patch() -> None:

@@ -16,18 +16,10 @@ from geodino.training.distributed import all_reduce, get_world_size
 __all__ = ["DINOLoss", "sinkhorn_knopp"]
 
 
-def _global_logsumexp(x: Tensor, dim: int) -> Tensor:
-    """logsumexp of x along `dim`, where that dimension is split across ranks (max-shifted, all-reduced)."""
-    if x.shape[dim] > 0:
-        m = x.amax(dim=dim, keepdim=True).detach().clone()
-    else:  # this rank holds no sample (e.g. no masked patch): it still joins the collectives
-        m = x.new_full((*x.shape[:dim], 1, *x.shape[dim + 1 :]), -math.inf)
-    if get_world_size() > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(m, op=dist.ReduceOp.MAX)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return m + torch.log(all_reduce(torch.exp(x - m).sum(dim=dim, keepdim=True)))
+def _total_samples(n_local: int, n_samples: Tensor | int | None) -> float:
+    if n_samples is None:
+        return float(n_local * get_world_size())
+    return float(n_samples.item() if isinstance(n_samples, Tensor) else n_samples)
 
 
 @torch.no_grad()
@@ -40,8 +32,11 @@ def sinkhorn_knopp(logits: Tensor, temp: float, n_samples: Tensor | int | None =
     The returned (N_local, K) matrix is multiplied by N: after the last (sample) step each sample's row sums to 1
     exactly; the prototype marginals (summed over all ranks) approach N/K as the iterations converge.
 
-    Computed in the log domain (the same iterates, without exp() overflowing or whole rows underflowing at low
-    teacher temperatures).
+    Implementation: the iterates are kept as ``diag(a) E diag(b)`` with ``E = exp((logits - m_k) / temp)``, where
+    ``m_k`` is each prototype's maximum over the global batch (a per-prototype factor, which the first prototype
+    step cancels exactly, so the result is unchanged while exp() cannot overflow); each step is then a
+    matrix-vector product instead of a pass rewriting the (N, K) matrix. If some sample's whole row of E
+    underflows to 0 (on any rank), every rank switches to the same iterates in the log domain instead.
 
     Args:
         logits: (N_local, K) teacher head outputs.
@@ -52,14 +47,49 @@ def sinkhorn_knopp(logits: Tensor, temp: float, n_samples: Tensor | int | None =
     Returns:
         (N_local, K) float32 targets.
     """
+    logits = logits.float()
+    N, K = _total_samples(logits.shape[0], n_samples), logits.shape[1]
+    if N == 0:  # no sample on any rank (N is global, so every rank returns here, before any collective)
+        return logits.new_zeros(logits.shape)
+    if n_iterations == 0:  # no prototype step to cancel the shift below: plain normalised exp()
+        return _sinkhorn_log_domain(logits, temp, N, 0)
+    shift = _global_max(logits, dim=0)  # (1, K): each prototype's maximum over every rank's samples
+    E = torch.sub(logits, shift).div_(temp).exp_()  # (N_local, K), every prototype's maximum is exp(0) = 1
+    underflow = (E.sum(dim=1) == 0).any().float().reshape(1)
+    if all_reduce(underflow).item() > 0:
+        return _sinkhorn_log_domain(logits, temp, N, n_iterations)
+    # Q = diag(a) E diag(b): prototype k's mass is b_k (E^T a)_k, sample n's is a_n (E b)_n.
+    a = E.new_ones(E.shape[0])
+    b = E.new_ones(K)
+    for _ in range(n_iterations):
+        b = 1.0 / (K * all_reduce(E.t() @ a))  # each prototype's mass over the global batch -> 1/K
+        a = 1.0 / (N * (E @ b))  # each sample's mass -> 1/N
+    return E.mul_(a.unsqueeze(1) * N).mul_(b.unsqueeze(0))
+
+
+def _global_max(x: Tensor, dim: int) -> Tensor:
+    """Maximum of x along `dim` over every rank (keepdim); 0 where no rank holds an element."""
+    if x.shape[dim] > 0:
+        m = x.amax(dim=dim, keepdim=True).detach().clone()
+    else:  # this rank holds no sample (e.g. no masked patch): it still joins the collectives
+        m = x.new_full((*x.shape[:dim], 1, *x.shape[dim + 1 :]), -math.inf)
+    if get_world_size() > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
+def _global_logsumexp(x: Tensor, dim: int) -> Tensor:
+    """logsumexp of x along `dim`, where that dimension is split across ranks (max-shifted, all-reduced)."""
+    m = _global_max(x, dim)
+    return m + torch.log(all_reduce(torch.exp(x - m).sum(dim=dim, keepdim=True)))
+
+
+def _sinkhorn_log_domain(logits: Tensor, temp: float, N: float, n_iterations: int) -> Tensor:
+    """The iterates of `sinkhorn_knopp` in the log domain: slower, immune to underflow. (N_local, K) -> same."""
     log_q = logits.float().t() / temp  # (K, N_local)
     K = log_q.shape[0]
-    if n_samples is None:
-        N = float(log_q.shape[1] * get_world_size())
-    else:
-        N = float(n_samples.item() if isinstance(n_samples, Tensor) else n_samples)
-    if N == 0:  # no sample on any rank (N is global, so every rank returns here, before any collective)
-        return logits.float().new_zeros(logits.shape)
     # Total mass 1: log Q -= log sum over every prototype and sample.
     log_q = log_q - _global_logsumexp(torch.logsumexp(log_q, dim=0, keepdim=True), dim=1)
     for _ in range(n_iterations):
