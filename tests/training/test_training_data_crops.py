@@ -175,7 +175,7 @@ def test_collate_batch_format(tmp_path):
     assert b2["local_crops"] is None and b2["gram_crops"] is None and b2["n_local"] == 0
 
 
-def test_blur_probabilities_are_the_intended_ones_not_the_inverted_release():
+def test_blur_probabilities_are_the_intended_ones_not_the_inverted_release(monkeypatch):
     calls: list[int] = []
 
     class Counting(MultiCrop):
@@ -187,19 +187,21 @@ def test_blur_probabilities_are_the_intended_ones_not_the_inverted_release():
     for seed in range(3):
         aug(_item(s=32, seed=seed))
     assert calls[:4] == [1.0, 0.1, 0.5, 0.5]  # first global always blurred, second rarely, local crops half the time
-    blurred = []
+    blurred: list[int] = []
     original = MultiCrop.blur
-    MultiCrop.blur = staticmethod(lambda x, sigma: blurred.append(x.shape[-1]) or original(x, sigma))
-    try:
-        plain = MultiCrop(mean=[0.5] * 3, std=[0.2] * 3, global_size=16, local_size=8, n_local=2, jitter=(0, 0, 0, 0))
-        counts = {"second": 0, "local": 0}
-        for seed in range(100):
-            blurred.clear()
-            plain(_item(s=32, seed=seed))
-            assert blurred[0] == 16  # the first global crop, every time
-            counts["second"] += blurred.count(16) - 1
-            counts["local"] += blurred.count(8)
-    finally:
-        MultiCrop.blur = original
+
+    def counting_blur(x, sigma):
+        blurred.append(x.shape[-1])
+        return original(x, sigma)
+
+    monkeypatch.setattr(MultiCrop, "blur", staticmethod(counting_blur))
+    plain = MultiCrop(mean=[0.5] * 3, std=[0.2] * 3, global_size=16, local_size=8, n_local=2, jitter=(0, 0, 0, 0))
+    counts = {"second": 0, "local": 0}
+    for seed in range(100):
+        blurred.clear()
+        plain(_item(s=32, seed=seed))
+        assert blurred[0] == 16  # the first global crop, every time
+        counts["second"] += blurred.count(16) - 1
+        counts["local"] += blurred.count(8)
     assert 2 <= counts["second"] <= 25  # p = 0.1 of 100 (the release's inverted rule would give about 100)
     assert 70 <= counts["local"] <= 130  # p = 0.5 of 200
