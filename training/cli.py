@@ -42,6 +42,22 @@ def _absolute(path: str) -> str:
     return path if "://" in path or path.startswith("/vsi") else str(Path(path).expanduser().absolute())
 
 
+def _init_distributed() -> None:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1); else nothing."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+
+
 def pretrain_command(
     extra: Annotated[
         list[str] | None,
@@ -59,7 +75,10 @@ def pretrain_command(
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
 ) -> None:
-    """Self-supervised pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on rasters."""
+    """Self-supervised pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on rasters.
+
+    Under ``torchrun --nproc_per_node N`` the ranks split the windows and average their gradients.
+    """
     from geodino.models.checkpoint import CheckpointError
     from geodino.training.config import ConfigError, load_config
     from geodino.training.data.windows import TrainingDataError
@@ -82,10 +101,14 @@ def pretrain_command(
             cfg = load_config(recipe, overrides)
             if not cfg.data.paths:
                 raise TrainingDataError("no training data: pass --data PATH (rasters, folders, globs or .txt lists)")
+        _init_distributed()
         result = train(cfg, out, resume=resume, log=typer.echo)
     except (ConfigError, TrainingDataError, RunError, CheckpointError, GramTeacherError, BatchError) as err:
         _fail(err)
-    typer.echo(f"wrote {result.backbone} (steps {result.start_iteration}..{result.end_iteration})")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"wrote {result.backbone} (steps {result.start_iteration}..{result.end_iteration})")
 
 
 def plot_run_command(

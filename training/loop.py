@@ -10,6 +10,10 @@ A run folder holds:
 - ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads.
 
 TensorBoard event files are written too when the ``tensorboard`` package is importable.
+
+Across ranks (a ``torch.distributed`` process group initialised by the caller, e.g. under ``torchrun``): every
+rank reads its own shard of the window stream, gradients are averaged over the ranks after each backward (one flat
+all-reduce), and only rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -245,6 +249,27 @@ def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
         yield from loader
 
 
+def average_gradients(module: torch.nn.Module) -> None:
+    """Mean of every parameter's gradient over the ranks (one flat all-reduce); nothing in a single process."""
+    from geodino.training.distributed import all_reduce, get_world_size
+
+    if get_world_size() == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = all_reduce(torch.cat([g.reshape(-1) for g in grads]), op="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _barrier() -> None:
+    from geodino.training.distributed import is_enabled
+
+    if is_enabled():
+        torch.distributed.barrier()
+
+
 def train_step(
     model: Any, optimizer: torch.optim.Optimizer, schedules: Any, batch: dict[str, Any], iteration: int
 ) -> tuple[torch.Tensor, dict[str, Any], dict[str, float]]:
@@ -264,6 +289,7 @@ def train_step(
     )
     optimizer.zero_grad(set_to_none=True)
     total, parts = model.forward_backward(batch, iteration=iteration, teacher_temp=values["teacher_temp"])
+    average_gradients(model.student)
     if not math.isfinite(float(total)):
         raise RunError(f"the loss became {float(total)} at step {iteration}; lower optim.lr or check the data")
     model.clip_gradients()
@@ -280,6 +306,7 @@ class RunResult:
     start_iteration: int
     end_iteration: int
     backbone: Path
+    model: Any = None  # the SSLMetaArch, trained
 
 
 def prepare_run(run_dir: Path, resume: bool) -> Path | None:
@@ -316,8 +343,12 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
 
     run_dir = Path(run_dir)
     ckpt = prepare_run(run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")  # before anything runs
+    rank, world = get_rank(), get_world_size()
+    lead = rank == 0  # only rank 0 writes the run folder
+    _barrier()  # every rank has checked the folder before rank 0 writes into it
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")  # before anything runs
 
     t = cfg.train
     torch.manual_seed(t.seed)
@@ -329,17 +360,18 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     if start >= t.steps:
         raise RunError(f"{run_dir}: the run already reached step {start} of train.steps={t.steps}; raise --steps")
     teacher = model.teacher["backbone"]
-    data = build_data(cfg, teacher, epoch=start, rank=get_rank(), world_size=get_world_size())
+    data = build_data(cfg, teacher, epoch=start, rank=rank, world_size=world)
     meta = trained_meta(teacher.meta, data)
     for module in (model.student["backbone"], teacher):
         module.meta = meta  # what the exported backbone carries: these bands and this normalisation
     probe_fn = make_probe(cfg, data)
     schedules = build_schedules(cfg)
-    metrics = MetricsLog(run_dir / "metrics.csv", resume_step=start if ckpt is not None else None)
+    metrics = MetricsLog(run_dir / "metrics.csv", resume_step=start if ckpt is not None else None) if lead else None
     probe = probe_images(data.windows, cfg.diagnostics.probe_windows, cfg.crops.global_size, data.mean, data.std)
+    log = log if lead else _quiet
     log(
         f"pretraining {cfg.student.arch} on {len(data.windows.sources)} raster(s), normalisation from "
-        f"{data.normalization}; steps {start}..{t.steps} on {device}"
+        f"{data.normalization}; steps {start}..{t.steps} on {device}" + (f", {world} ranks" if world > 1 else "")
     )
     batches = _batches(data.loader)
     model.train()
@@ -353,6 +385,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
             logged = step % t.log_every == 0 or diag or step == t.steps or it == start
             if logged:
                 rate = t.batch_size * timed / max(time.perf_counter() - tic, 1e-9)
+                total, parts = _rank_mean(total, parts)
                 row: dict[str, Any] = {
                     "step": step,
                     "loss": float(total),
@@ -362,21 +395,42 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     "momentum": values["momentum"],
                     "teacher_temp": values["teacher_temp"],
                     "gram_weight": values["gram_weight"],
-                    "images_per_s": rate,
+                    "images_per_s": rate * world,
                 }
-                if diag:
+                if diag and lead:
                     row.update(run_diagnostics(teacher, probe, model.gram_teacher, probe_fn))
-                metrics.write(row)
-                sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag else ""
+                if metrics is not None:
+                    metrics.write(row)
+                sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag and lead else ""
                 log(f"step {step}/{t.steps} loss {float(total):.4f} lr {values['lr']:.2e}{sim}")
-            if step % t.checkpoint_every == 0 or step == t.steps:
+            if lead and (step % t.checkpoint_every == 0 or step == t.steps):
                 save_checkpoint(run_dir, model, optimizer, step)
             if logged:
                 tic, timed = time.perf_counter(), 0
     finally:
-        metrics.close()
-    out = model.export_teacher_backbone(run_dir / "backbone.pth")
-    return RunResult(run_dir, start, t.steps, Path(out))
+        if metrics is not None:
+            metrics.close()
+    out = run_dir / "backbone.pth"
+    if lead:
+        model.export_teacher_backbone(out)
+    _barrier()
+    return RunResult(run_dir, start, t.steps, out, model)
+
+
+def _rank_mean(total: torch.Tensor, parts: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The logged loss and its parts averaged over the ranks (each rank's are of its own batch)."""
+    from geodino.training.distributed import all_reduce, get_world_size
+
+    if get_world_size() == 1:
+        return total, parts
+    keys = [k for k, v in parts.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    stacked = torch.stack([total.detach().float().reshape(()), *(parts[k].float().reshape(()) for k in keys)])
+    stacked = all_reduce(stacked.to(total.device), op="mean")
+    return stacked[0], {**parts, **dict(zip(keys, stacked[1:], strict=True))}
+
+
+def _quiet(*_: Any) -> None:
+    """The log of ranks other than 0."""
 
 
 def trained_meta(meta: Any, data: DataPipeline) -> Any:

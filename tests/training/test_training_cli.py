@@ -28,7 +28,9 @@ def _steps(run_dir) -> list[int]:
 def test_pretrain_resume_and_plot_run(tmp_path):
     image = write_rgb(tmp_path / "scene.tif", size=96)
     run = tmp_path / "run"
-    res = _invoke(tiny_args(image, run, 2, "train.diagnostic_every=2", "train.checkpoint_every=1"))
+    res = _invoke(
+        tiny_args(image, run, 2, "train.diagnostic_every=2", "train.checkpoint_every=1", "train.num_workers=2")
+    )
     assert res.exit_code == 0, res.output
     assert (run / "config.yaml").is_file() and (run / "backbone.pth").is_file()
     assert _steps(run) == [1, 2]
