@@ -38,7 +38,8 @@ def test_two_ranks_train_one_model_and_rank0_writes(tmp_path: Path) -> None:
         pytest.skip("torch.distributed with gloo is not available")
     image = write_rgb(tmp_path / "scene.tif", size=128)
     run = tmp_path / "run"
-    mp.spawn(_worker, args=(str(tmp_path / "store"), str(image), str(run), str(tmp_path)), nprocs=WORLD, join=True)
+    args = (str(tmp_path / "store"), str(image), str(run), str(tmp_path))
+    mp.start_processes(_worker, args=args, nprocs=WORLD, join=True, start_method="fork")  # fork: no re-import
     r = [torch.load(tmp_path / f"rank{i}.pt") for i in range(WORLD)]
     # Each rank reads its own shard of windows (tested in test_training_data_windows), yet both hold the same
     # model after every step: the gradients were averaged.
