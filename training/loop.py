@@ -96,9 +96,7 @@ def build_data(
     window = d.window_size or c.global_size
     if window < c.global_size:
         raise TrainingDataError(f"data.window_size={window} is smaller than crops.global_size={c.global_size}")
-    sources = open_sources(
-        d.paths, bands=d.bands, in_chans=backbone.in_chans, mosaic=getattr(d, "mosaic", False), window_size=window
-    )
+    sources = open_sources(d.paths, bands=d.bands, in_chans=backbone.in_chans, mosaic=d.mosaic, window_size=window)
     if d.mean is not None or d.std is not None:
         if d.mean is None or d.std is None or not len(d.mean) == len(d.std) == backbone.in_chans:
             raise TrainingDataError(
@@ -245,7 +243,7 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict[str, Any]]:
-    while True:  # the window stream is endless; a loader iterator only ends when its workers fail
+    while True:  # the window stream is endless; restart the iterator should a loader ever stop
         yield from loader
 
 
