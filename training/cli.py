@@ -6,6 +6,7 @@ inside the command bodies, so ``geodino --help`` stays fast.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated
@@ -77,7 +78,7 @@ def pretrain_command(
 ) -> None:
     """Self-supervised pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on rasters.
 
-    Under ``torchrun --nproc_per_node N`` the ranks split the windows and average their gradients.
+    Under torchrun --nproc_per_node N the ranks split the windows and average their gradients.
     """
     from geodino.models.checkpoint import CheckpointError
     from geodino.training.config import ConfigError, load_config
@@ -88,7 +89,7 @@ def pretrain_command(
     paths, overrides = _split(list(extra or []))
     paths = [*(data or []), *paths]
     if paths:
-        overrides.insert(0, "data.paths=[" + ", ".join(repr(_absolute(p)) for p in paths) + "]")
+        overrides.insert(0, "data.paths=" + json.dumps([_absolute(p) for p in paths]))  # JSON is YAML
     if steps is not None:
         overrides.append(f"train.steps={steps}")
     try:
