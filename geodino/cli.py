@@ -131,6 +131,10 @@ def _register_wings() -> None:
         from geodino.workflows.cli import register
 
         register(app)
+    if importlib.util.find_spec("geodino.training.cli") is not None:
+        from geodino.training.cli import register as register_training
+
+        register_training(app)
 
 
 _register_wings()

@@ -127,7 +127,7 @@ def test_tta_map_is_identical_across_chunkings(tmp_path) -> None:
     b = map_raster(scene, predictor, tmp_path / "b.zarr", tile=32, overlap=8, chunk=(72, 144), progress=False)
     assert np.array_equal(a.prediction.values, b.prediction.values, equal_nan=True)
     # A resumed run must not mix TTA and plain chunks: the fingerprint differs.
-    with pytest.raises(ValueError, match="model.tta"):
+    with pytest.raises(ValueError, match=r"model\.tta"):
         map_raster(
             scene,
             predictor.with_options(tta=None),

@@ -1,0 +1,150 @@
+"""Overhead of a pretraining step over its unavoidable model work, and data loading against the step's demand.
+
+For each configuration (the ``tiny`` recipe, and a ViT-S/16 run at the release's crop sizes with a small batch),
+on CPU, in one process:
+
+1. **Full step**: the loop's own ``geodino.training.loop.train_step`` (schedules, teacher and student forward,
+   Gram teacher, losses, backward, gradient clip, AdamW step, EMA update) on a batch already in memory.
+2. **Unavoidable model work** on the same batch: the student backbone + heads forward on all crops (masked global
+   crops, local crops) and its backward, the EMA teacher backbone + heads forward on the global crops, and the Gram
+   teacher forward (when on). No losses, no optimiser, no EMA.
+
+The two are timed alternately (one warm-up each, then ``--repeats`` rounds) and the ratio of medians is printed;
+target <= 1.2. Then the data pipeline (raster windows -> multi-crop -> masks -> collate) is timed with
+``--workers`` loader processes on a raster written for the purpose, and its images/s is set against the images/s
+one full step consumes (>= 1 means the loader keeps up).
+
+Usage: ``python benchmarks/pretrain.py --repeats 5 --threads 1 --workers 2``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geodino.training.config import load_config
+from geodino.training.loop import build_data, train_step
+from geodino.training.meta_arch import SSLMetaArch
+from geodino.training.schedules import build_schedules
+
+CONFIGS = {
+    "tiny": ("tiny", ["train.batch_size=8", "gram.enabled=true", "gram.high_res=true"]),
+    "vits16": (
+        None,
+        [
+            "student.arch=vits16",
+            "crops.global_size=224",
+            "crops.local_size=96",
+            "crops.n_local=4",
+            "train.batch_size=4",
+            "gram.enabled=true",
+            "optim.layerwise_decay=0.98",
+        ],
+    ),
+}
+
+
+def write_scene(path: Path, size: int = 1024) -> Path:
+    """A seeded uint8 RGB GeoTIFF (UTM 33N, 10 m) with smooth structure and fine texture."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    bands = [np.sin(2 * np.pi * (rng.uniform(1, 8) * yy + rng.uniform(1, 8) * xx)) for _ in range(3)]
+    data = np.stack(bands) * 0.4 + 0.5 + rng.normal(0, 0.05, (3, size, size))
+    data = (np.clip(data, 0, 1) * 255).astype(np.uint8)
+    profile = {"driver": "GTiff", "height": size, "width": size, "count": 3, "dtype": "uint8", "crs": "EPSG:32633"}
+    profile.update(transform=from_origin(500000, 4100000, 10, 10), tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def model_work(model: SSLMetaArch, batch: dict) -> None:
+    """Student forward + backward on all crops, teacher forward, Gram-teacher forward: nothing else."""
+    s, t = model.student, model.teacher
+    with torch.no_grad():
+        out = t["backbone"].forward_features(batch["global_crops"])
+        t["dino_head"](out["x_norm_clstoken"])
+        t["ibot_head"](out["x_norm_patchtokens"][batch["masks"]])
+        if model.gram_teacher is not None:
+            crops = batch["gram_crops"] if batch["gram_crops"] is not None else batch["global_crops"]
+            model.gram_teacher.forward_features(crops)
+    glob = s["backbone"].forward_features(batch["global_crops"], batch["masks"])
+    cls = [glob["x_norm_clstoken"]]
+    if batch["local_crops"] is not None:
+        cls.append(s["backbone"].forward_features(batch["local_crops"], local_crops=True)["x_norm_clstoken"])
+    logits = s["dino_head"](torch.cat(cls))
+    patch = s["ibot_head"](glob["x_norm_patchtokens"][batch["masks"]])
+    (logits.float().mean() + patch.float().mean() + glob["x_norm_patchtokens"].float().mean()).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def bench_config(name: str, scene: Path, repeats: int, workers: int, batch: int | None) -> None:
+    recipe, overrides = CONFIGS[name]
+    extra = [f"data.paths=['{scene}']", f"train.num_workers={workers}"]
+    cfg = load_config(recipe, [*overrides, *extra, *([f"train.batch_size={batch}"] if batch else [])])
+    torch.manual_seed(0)
+    model = SSLMetaArch(cfg).train()
+    optimizer = model.make_optimizer()
+    schedules = build_schedules(cfg)
+    data = build_data(cfg, model.teacher["backbone"])
+    it = iter(data.loader)
+    batch = next(it)
+    full, work = [], []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        train_step(model, optimizer, schedules, batch, 10 + r)
+        t1 = time.perf_counter()
+        model_work(model, batch)
+        t2 = time.perf_counter()
+        if r:  # round 0 warms up
+            full.append(t1 - t0)
+            work.append(t2 - t1)
+    step_s, work_s = statistics.median(full), statistics.median(work)
+    # Data: images/s the loader delivers (after its first batch), against what one step consumes.
+    n_batches = max(3, repeats)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    load_s = (time.perf_counter() - t0) / n_batches
+    B = cfg.train.batch_size
+    crops = f"{cfg.crops.n_global}x{cfg.crops.global_size}px + {cfg.crops.n_local}x{cfg.crops.local_size}px"
+    gram = f"Gram teacher {'high-res ' + str(cfg.gram_teacher_size) + 'px' if cfg.gram.high_res else 'same crops'}"
+    print(f"{name}: batch {B}, {crops}, {gram}, {sum(p.numel() for p in model.student.parameters()) / 1e6:.1f}M")
+    print(
+        f"  full step {step_s * 1e3:8.1f} ms   model work {work_s * 1e3:8.1f} ms   ratio {step_s / work_s:.2f} "
+        f"(target <= 1.2; medians of {repeats})"
+    )
+    print(
+        f"  data loader ({workers} workers) {B / load_s:8.1f} images/s   step demand {B / step_s:8.1f} images/s   "
+        f"supply / demand {step_s / load_s:.2f} (>= 1: the loader keeps up)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="tiny,vits16", help="comma-separated: tiny, vits16")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
+    parser.add_argument("--batch", type=int, default=None, help="images per step (default: per configuration)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = write_scene(Path(tmp) / "scene.tif")
+        for name in args.configs.split(","):
+            bench_config(name.strip(), scene, args.repeats, args.workers, args.batch)
+
+
+if __name__ == "__main__":
+    main()
