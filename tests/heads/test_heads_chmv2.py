@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_backbone
+from heads_helpers import make_tiny_backbone
 
 from geodino.heads.chmv2 import build_chmv2, chmv2_head
 from geodino.heads.model import DenseModel

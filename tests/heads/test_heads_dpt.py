@@ -122,7 +122,7 @@ def test_output_size_table(size, padded, output) -> None:
     with torch.no_grad():
         assert head(feats).shape[-2:] == output
     if size[0] * size[1] <= 256 * 256:  # through a backbone too, padded and at the input size
-        from conftest import make_tiny_backbone
+        from heads_helpers import make_tiny_backbone
 
         backbone = make_tiny_backbone()
         x = torch.randn(1, 3, *size)
@@ -172,7 +172,7 @@ def test_head_checkpoint_with_other_levels_or_bins_is_refused() -> None:
 
 
 def test_foreign_and_truncated_files_are_refused(tmp_path) -> None:
-    from conftest import make_tiny_backbone
+    from heads_helpers import make_tiny_backbone
 
     backbone_file = tmp_path / "backbone.pth"
     torch.save(make_tiny_backbone().state_dict(), backbone_file)

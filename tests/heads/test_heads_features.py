@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_backbone
+from heads_helpers import make_tiny_backbone
 from timm.models.eva import checkpoint_filter_fn
 
 from geodino.models.features import feature_take_indices, named_layers

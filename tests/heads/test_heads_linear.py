@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_backbone
+from heads_helpers import make_tiny_backbone
 
 from geodino.heads.base import HeadError, head_from_config
 from geodino.heads.linear import LinearHead

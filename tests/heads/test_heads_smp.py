@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tiny_backbone
+from heads_helpers import make_tiny_backbone
 
 from geodino.heads.base import HeadError, head_from_config
 from geodino.heads.model import DenseModel

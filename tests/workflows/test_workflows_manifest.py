@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from conftest import save_test_backbone
 from rasters import smooth_scene, write_raster
 from typer.testing import CliRunner
+from workflows_helpers import save_test_backbone
 
 import geodino
 from geodino.cli import app

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import STEPWISE, interrupt, save_test_backbone
 from rasters import smooth_scene, write_raster
 from typer.testing import CliRunner
+from workflows_helpers import STEPWISE, interrupt, save_test_backbone
 
 from geodino.cli import app
 from geodino.errors import IncompleteStoreError, ModelError, StoreMismatchError
