@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,8 @@ class SharedPredictions:
     budget_bytes: int = DEFAULT_BUDGET_BYTES
     _entries: dict[tuple[str, SharingKey], _Entry] = field(default_factory=dict)
     _running: dict[tuple[str, SharingKey], threading.Event] = field(default_factory=dict)
+    _states: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _reserved: set[tuple[str, SharingKey]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     _nbytes: int = 0
@@ -72,6 +75,16 @@ class SharedPredictions:
     def nbytes(self) -> int:
         """Bytes of predictions held."""
         return self._nbytes
+
+    def reserve(self, run: str, key: SharingKey) -> bool:
+        """Note that the caller expects to claim the group (it queues the group's patches before its chunk task
+        starts); True if nobody claimed or reserved it before. A hint only: :meth:`claim` ignores it."""
+        slot = (run, key)
+        with self._lock:
+            if slot in self._entries or slot in self._running or slot in self._reserved:
+                return False
+            self._reserved.add(slot)
+            return True
 
     def claim(self, run: str, key: SharingKey) -> Any:
         """The group's predictions if ready (counting this use); else True if the caller must predict and
@@ -136,11 +149,26 @@ class SharedPredictions:
             self._entries[slot] = entry
             self._nbytes += entry.nbytes
 
+    def run_state(self, run: str, name: str, factory: Callable[[], Any]) -> Any:
+        """This process's object ``name`` for a run, made by ``factory()`` on first use (once, across threads);
+        :meth:`drop_run` calls its ``close()``."""
+        with self._lock:
+            state = self._states.get((run, name))
+            if state is None:
+                state = self._states[(run, name)] = factory()
+            return state
+
     def drop_run(self, run: str) -> None:
-        """Forget every group of a finished run."""
+        """Forget every group of a finished run, and close its run states."""
         with self._lock:
             for slot in [s for s in self._entries if s[0] == run]:
                 self._drop(slot)
+            states = [self._states.pop(k) for k in [k for k in self._states if k[0] == run]]
+            self._reserved -= {slot for slot in self._reserved if slot[0] == run}
+        for state in states:
+            close = getattr(state, "close", None)
+            if close is not None:
+                close()
 
 
 def _budget_from_env() -> int:
