@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
     from geodino.models.vit import DinoVisionTransformer
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "dinov3_vitb16",
     "dinov3_vith16plus",
     "dinov3_vitl16",
+    "dinov3_vitl16_chmv2",
     "dinov3_vits16",
     "dinov3_vits16plus",
 ]
@@ -86,3 +89,23 @@ def dinov3_vit7b16(weights: str | Path | None = None, **kwargs: Any) -> DinoVisi
 def dinov3_vit_test(weights: str | Path | None = None, **kwargs: Any) -> DinoVisionTransformer:
     """Test-only ViT (64 wide, 2 blocks, 4 heads): runs every code path on a CPU in milliseconds."""
     return build("dinov3_vit_test", weights, **kwargs)
+
+
+def dinov3_vitl16_chmv2(
+    weights: str | Path | None = None, backbone_weights: str | Path | None = None, **kwargs: Any
+) -> nn.Module:
+    """Meta's CHMv2 canopy-height model: SAT-493M ViT-L/16 + DPT head + 256 bins -> metres (B, 1, H, W) float32.
+
+    Args:
+        weights: the CHMv2 head file (``dinov3_vitl16_chmv2_dpt_head-*.pth``), or None for random head weights.
+        backbone_weights: the SAT-493M ViT-L/16 file (any name: its local_cls_norm is read from the keys), or
+            None for a random backbone.
+        **kwargs: ``uncertainty=True`` (channels [height, height_std]), ``output_size="padded"`` (Meta's raw
+            output grid instead of the input's), and `DinoVisionTransformer` options for the backbone.
+
+    Returns:
+        a `geodino.heads.model.DenseModel` in eval mode; see `geodino.heads.chmv2` for the output-size rule.
+    """
+    from geodino.heads.chmv2 import load_chmv2
+
+    return load_chmv2(weights, backbone_weights, **kwargs)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geodino.models.config import VitConfig, arch_name_for
+from geodino.models.features import LayerSpec, feature_take_indices
 from geodino.models.layers import Block, LayerScale, MaskedBiasLinear, RopeEmbedding
 from geodino.models.meta import BackboneMeta
 
@@ -92,6 +93,16 @@ class DinoVisionTransformer(nn.Module):
     @property
     def in_chans(self) -> int:
         return self.patch_embed.proj.in_channels
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of transformer blocks (what heads index into)."""
+        return len(self.blocks)
+
+    @property
+    def embed_dims(self) -> list[int]:
+        """Token width of each block's output, one entry per block."""
+        return [self.embed_dim] * len(self.blocks)
 
     def init_weights(self) -> None:
         """Truncated-normal (std 0.02) linear weights, zero biases, LayerScale at its init value."""
@@ -263,3 +274,51 @@ class DinoVisionTransformer(nn.Module):
                 parts.append(out[:, 1:k])
             results.append(parts[0] if len(parts) == 1 else tuple(parts))
         return tuple(results)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: LayerSpec = None,
+        norm: bool = False,
+        output_fmt: Literal["NCHW", "NLC"] = "NCHW",
+        intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list[Any] | tuple[Tensor, list[Any]]:
+        """Outputs of selected blocks, timm-style: the one feature interface every geodino head consumes.
+
+        Args:
+            x: (B, C, H, W); sides that are not multiples of the patch size follow `input_padding`.
+            indices: None (all blocks), an int n (the last n), a named layer set ("last", "four_even",
+                "last_four"; see `geodino.models.features`) or a list of block indices (negative from the end).
+            norm: apply the final norm to every token of each intermediate output.
+            output_fmt: "NCHW" for patch maps (B, D, h, w), "NLC" for token sequences (B, N, D).
+            intermediates_only: return only the intermediates, and stop after the deepest requested block.
+            return_prefix_tokens: pair each intermediate with its prefix tokens (B, 1 + S, D): cls, then storage.
+
+        Returns:
+            the list of intermediates in the requested order (each a patch tensor, or a (patches, prefix) pair);
+            unless `intermediates_only`, a tuple (final-norm tokens (B, 1 + S + N, D), that list).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(self.n_blocks, indices)
+        wanted = set(take)
+        tokens, (h, w) = self.prepare_tokens(x)
+        rope = self._rope((h, w))
+        last = max_index if intermediates_only else self.n_blocks - 1
+        collected: dict[int, Tensor] = {}
+        for i, block in enumerate(self.blocks[: last + 1]):
+            tokens = block(tokens, rope)
+            if i in wanted:
+                collected[i] = self.norm(tokens) if norm else tokens
+        k = self.num_prefix_tokens
+        intermediates: list[Any] = []
+        for i in take:
+            out = collected[i]
+            patches = out[:, k:]
+            if output_fmt == "NCHW":
+                patches = patches.reshape(out.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+            intermediates.append((patches, out[:, :k]) if return_prefix_tokens else patches)
+        if intermediates_only:
+            return intermediates
+        return self.norm(tokens), intermediates
