@@ -15,6 +15,10 @@ Not a test: it prints ratios measured against baselines taken in the same run.
 (c) geodino versus a naive in-memory loop (read the whole raster, tile it on the same global grid, accumulate
     full-size float32 arrays, write the result), same cheap model, same raster, each in a fresh subprocess:
     time and peak-memory ratios.
+(d) As (a) with a DPT head (``geodino.heads.dpt``, random weights) on the ViT-S/16 instead of the linear head, at
+    the 512-px tile (overlap 64) on a ``--dpt-size`` x ``--dpt-size`` raster (2048). Target <= 1.15. Skipped, with a
+    message, where ``geodino.heads.dpt`` is not installed. Not run by default (the bare DPT forward alone takes
+    minutes on a small CPU): ask for it with ``--only d``.
 
 Run: ``python benchmarks/mapping.py --size 2048 --rss-large 8192`` for a quick run.
 """
@@ -116,6 +120,33 @@ def vit_linear_predictor(batch_size: int) -> Any:
     return from_callable(model, info, batch_size=batch_size, device="cpu")
 
 
+def vit_dpt_predictor(batch_size: int) -> Any:
+    """ViT-S/16 (random, seeded weights) + DPT head (8 classes) as a classification Predictor.
+
+    Raises:
+        ImportError: Where the dense heads (``geodino.heads.dpt``) are not installed.
+    """
+    from geodino import hub
+    from geodino.heads.dpt import dpt_head
+    from geodino.heads.model import DenseModel
+
+    torch.manual_seed(0)
+    backbone = hub.dinov3_vits16()
+    model = DenseModel(backbone, dpt_head(backbone, out_channels=8, kind="classification")).eval()
+    meta = backbone.meta
+    info = PredictorInfo(
+        in_bands=3,
+        out_channels=8,
+        kind="classification",
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+        tile=512,
+        multiple=16,
+        name="vits16+dpt",
+    )
+    return from_callable(model, info, batch_size=batch_size, device="cpu")
+
+
 class Cheap(nn.Module):
     """Per-pixel model: 1x1 conv, tanh, 1x1 conv (3 bands -> 1 channel)."""
 
@@ -165,7 +196,13 @@ def _bare_forward(model: nn.Module, x: torch.Tensor, batches: int) -> tuple[floa
 
 
 def bench_overhead(
-    raster: Path, work: Path, batch_size: int, repeats: int, tile: int | None = None, overlap: int | None = None
+    raster: Path,
+    work: Path,
+    batch_size: int,
+    repeats: int,
+    tile: int | None = None,
+    overlap: int | None = None,
+    build: Any = None,
 ) -> dict[str, Any]:
     """End-to-end mapping time / bare forward time over the same patches.
 
@@ -179,7 +216,7 @@ def bench_overhead(
     from geodino.workflows.batching import batch_queue
     from geodino.workflows.mapping import _plan_grid, default_chunk, map_raster
 
-    predictor = vit_linear_predictor(batch_size)
+    predictor = (build or vit_linear_predictor)(batch_size)
     source = RasterSource(raster)
     grid = _plan_grid(source, predictor, tile, overlap)
     chunk = default_chunk(grid, predictor.out_channels)
@@ -218,11 +255,13 @@ def bench_overhead(
     }
 
 
-def format_overhead(res: dict[str, Any], size: int, batch_size: int, target: float) -> str:
-    """One line of (a)."""
+def format_overhead(
+    res: dict[str, Any], size: int, batch_size: int, target: float, part: str = "(a)", head: str = "linear head"
+) -> str:
+    """One line of (a) or (d)."""
     padded_max = res["patches"] + batch_size - 1
     return (
-        f"(a) ViT-S/16 + linear head, {size}^2, tile {res['tile']} overlap {res['overlap']}, chunk {res['chunk']} "
+        f"{part} ViT-S/16 + {head}, {size}^2, tile {res['tile']} overlap {res['overlap']}, chunk {res['chunk']} "
         f"({res['chunks']} chunks), batch {batch_size}: mapping runs {res['mapping_s']} s; bare forward over the "
         f"{res['patches']} grid patches {res['bare_s']} s -> best/best ratio {res['ratio_same_patches']:.3f} "
         f"(target <= {target:.2f}), median per-round ratio {res['median_round_ratio']:.3f}, CPU-time ratio "
@@ -305,7 +344,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="mapping runs in (a), alternating with bare runs")
     parser.add_argument("--rss-chunk", type=int, default=RSS_CHUNK, help="output chunk of both rasters in (b)")
-    parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    parser.add_argument("--dpt-size", type=int, default=2048, help="raster side for (d)")
+    parser.add_argument("--only", choices=["a", "b", "c", "d"], action="append", help="run only these parts")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--child", choices=["geodino", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--raster", type=Path, help=argparse.SUPPRESS)
@@ -328,6 +368,15 @@ def main() -> None:
                 tif = raster if size == args.size else make_raster(work / f"r{size}.tif", size)
                 res = bench_overhead(tif, work, args.batch_size, args.repeats, tile, overlap)
                 print(format_overhead(res, size, args.batch_size, target), flush=True)
+        if "d" in parts:
+            try:
+                import geodino.heads.dpt  # noqa: F401
+            except ImportError as err:
+                print(f"(d) skipped: the DPT head is not available here ({err})")
+            else:
+                tif = make_raster(work / f"d{args.dpt_size}.tif", args.dpt_size)
+                res = bench_overhead(tif, work, args.batch_size, args.repeats, 512, 64, vit_dpt_predictor)
+                print(format_overhead(res, args.dpt_size, args.batch_size, 1.15, "(d)", "DPT head"), flush=True)
         if "b" in parts:
             small_tif = make_raster(work / "small.tif", args.rss_small)
             small = run_child("geodino", small_tif, work / "small.zarr", args.rss_chunk)

@@ -35,7 +35,7 @@ ARRIVAL_POLL_S = 1.0
 ARRIVAL_TIMEOUT_S = 120.0
 
 #: Input windows held by chunks opened ahead of their tasks, per run and process, beyond which no other opens.
-AHEAD_BUDGET_BYTES = 192 * 2**20
+AHEAD_BUDGET_BYTES = 128 * 2**20
 
 #: A feeder queues up to ``need`` more patches when asked (no queue lock held) and returns how many it queued.
 Feeder = Callable[[int], int]
