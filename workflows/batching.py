@@ -267,22 +267,9 @@ class PatchStream:
         self._closed = False
         self._feeding = False
         self.submitted = 0  # keys queued so far
-        self.wasted = 0  # patches run for nothing (withdrawn by ``reorder`` too late)
 
     def __contains__(self, key: int) -> bool:
         return key in self._index
-
-    def reorder(self, keys: Sequence[int]) -> None:
-        """Ask for ``keys`` from now on, in this order: those already queued stay queued; queued patches not in
-        ``keys`` are withdrawn (or their predictions dropped) and counted in ``wasted``."""
-        with self._lock:
-            wanted = set(keys)
-            queued = [k for k in self._keys[: self.submitted] if k in wanted]
-            unwanted = [self._items.pop(k) for k in self._keys[: self.submitted] if k not in wanted]
-            self.wasted += len(unwanted) - self._queue.cancel(unwanted)
-            self._keys = queued + [k for k in keys if k not in set(queued)]
-            self._index = {k: i for i, k in enumerate(self._keys)}
-            self.submitted = len(queued)
 
     def get(self, key: int) -> np.ndarray:
         """The prediction for ``key`` (each key once), waiting for (or running) its batch."""
@@ -331,12 +318,15 @@ class PatchStream:
 
 
 class OpenedChunk(Protocol):
-    """What :class:`ChunksAhead` needs of an opened chunk: a stream over the patches only it needs, and its size."""
+    """What :class:`ChunksAhead` needs of an opened chunk: a stream of the patches it will predict, its size, and
+    ``close()`` (withdraw its patches and release what it claimed, when its task never starts)."""
 
     stream: PatchStream
 
     @property
     def nbytes(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 TaskT = TypeVar("TaskT")
@@ -441,7 +431,7 @@ class ChunksAhead(Generic[TaskT, OpenedT]):
         with self._lock:
             self._closed = True
             for opened in self._opened.values():
-                opened.stream.close()
+                opened.close()
             self._opened.clear()
             self._todo.clear()
 

@@ -37,6 +37,9 @@ BlendKind = Literal["hann", "center", "uniform"]
 DEFAULT_TILE = 224
 #: Default chunk side, in input pixels, that chunks aim for.
 TARGET_CHUNK_INPUT_PX = 2048
+#: Longest a chunk waits for a border-patch group another chunk claimed before predicting it itself (a claimant
+#: opened ahead of its task publishes once that task starts, which the local schedulers do in order, soon).
+SHARED_WAIT_S = 120.0
 #: Upper bound on one chunk's float32 accumulators, in bytes.
 MAX_CHUNK_BYTES = 256 * 2**20
 
@@ -147,8 +150,12 @@ class _OpenChunk:
         keep: Patches with at least one valid pixel, in the global patch order.
         interior: Those of ``keep`` only this chunk needs.
         shared: The others, by sharing key.
-        stream: For the model's queue: the patches of the shared groups nobody had claimed or reserved when the
-            chunk was opened (this chunk will likely claim them), then ``interior``.
+        ready: Predictions of shared groups already published when the chunk was opened (patch -> (K, p, p)).
+        claimed: The groups this chunk claimed (it predicts and publishes them).
+        waiting: The groups other chunks claimed first.
+        stream: For the model's queue: the patches of ``claimed`` (first, to publish them early), then
+            ``interior``, in blending order.
+        run: The run's token.
     """
 
     data: np.ndarray
@@ -157,7 +164,17 @@ class _OpenChunk:
     keep: list[int]
     interior: list[int]
     shared: dict[SharingKey, list[int]]
+    ready: dict[int, np.ndarray]
+    claimed: list[SharingKey]
+    waiting: list[SharingKey]
     stream: PatchStream
+    run: str
+
+    def close(self) -> None:
+        """Withdraw the queued patches and release the claims (an opened chunk whose task never started)."""
+        self.stream.close()
+        for key in self.claimed:
+            SHARED.abandon(self.run, key)
 
     @property
     def nbytes(self) -> int:
@@ -180,9 +197,10 @@ def _open_chunk(task: ChunkTask, ctx: ChunkContext) -> _OpenChunk:
     keep = [k for k in range(task.num_patches) if valid[footprints[k]].any()]
     out_rows, out_cols = task.output_origins(ctx.grid.factor)
     interior, shared = _split_shared(keep, out_rows, out_cols, ctx)
-    likely = [k for key in sorted(shared) if SHARED.reserve(ctx.run, key) for k in shared[key]]
-    stream = PatchStream(batch_queue(ctx.predictor), likely + interior, lambda k: data[(slice(None), *footprints[k])])
-    return _OpenChunk(data, valid, footprints, keep, interior, shared, stream)
+    ready, claimed, waiting = _claim_groups(shared, ctx)
+    keys = [k for key in claimed for k in shared[key]] + interior
+    stream = PatchStream(batch_queue(ctx.predictor), keys, lambda k: data[(slice(None), *footprints[k])])
+    return _OpenChunk(data, valid, footprints, keep, interior, shared, ready, claimed, waiting, stream, ctx.run)
 
 
 def _chunks_ahead(ctx: ChunkContext) -> ChunksAhead[ChunkTask, _OpenChunk] | None:
@@ -223,17 +241,15 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
     with queue.client():  # from before the read: others wait for this chunk's patches rather than pad a batch
         chunk = (ahead.start(task) if ahead is not None else None) or _open_chunk(task, ctx)
         valid, shared, stream = chunk.valid, chunk.shared, chunk.stream
-        ready, claimed, waiting = _claim_groups(shared, ctx)
-        # The groups this chunk claimed first (to publish them early), then its own patches, in blending order.
-        stream.reorder([k for key in claimed for k in shared[key]] + chunk.interior)
+        ready, claimed, waiting = chunk.ready, chunk.claimed, chunk.waiting
         stream.attach()
         try:
             _publish_claimed(claimed, shared, stream, ready, (out_rows, out_cols), task, ctx)
             fallback = 0
             for key in waiting:  # predicted by other threads; only now, holding no claim, wait for them
                 with queue.idle():
-                    crops = SHARED.wait(ctx.run, key)
-                if crops is None:  # its claimant failed: predict it here
+                    crops = SHARED.wait(ctx.run, key, timeout=SHARED_WAIT_S)
+                if crops is None:  # its claimant failed (or, opened ahead, has not started): predict it here
                     patches = [chunk.patch(k) for k in shared[key]]
                     ready.update(zip(shared[key], queue.predict(patches), strict=True))
                     fallback += len(shared[key])
@@ -250,7 +266,7 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
             stream.close()
     if ahead is not None:
         ahead.finish()
-    return finalize(acc, wsum, in_place=True), stream.submitted + stream.wasted + fallback
+    return finalize(acc, wsum, in_place=True), stream.submitted + fallback
 
 
 def _publish_claimed(

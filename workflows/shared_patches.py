@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,6 @@ class SharedPredictions:
     _entries: dict[tuple[str, SharingKey], _Entry] = field(default_factory=dict)
     _running: dict[tuple[str, SharingKey], threading.Event] = field(default_factory=dict)
     _states: dict[tuple[str, str], Any] = field(default_factory=dict)
-    _reserved: set[tuple[str, SharingKey]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     _nbytes: int = 0
@@ -75,16 +75,6 @@ class SharedPredictions:
     def nbytes(self) -> int:
         """Bytes of predictions held."""
         return self._nbytes
-
-    def reserve(self, run: str, key: SharingKey) -> bool:
-        """Note that the caller expects to claim the group (it queues the group's patches before its chunk task
-        starts); True if nobody claimed or reserved it before. A hint only: :meth:`claim` ignores it."""
-        slot = (run, key)
-        with self._lock:
-            if slot in self._entries or slot in self._running or slot in self._reserved:
-                return False
-            self._reserved.add(slot)
-            return True
 
     def claim(self, run: str, key: SharingKey) -> Any:
         """The group's predictions if ready (counting this use); else True if the caller must predict and
@@ -115,10 +105,11 @@ class SharedPredictions:
         if event is not None:
             event.set()
 
-    def wait(self, run: str, key: SharingKey) -> Any:
-        """Wait for a group another thread is predicting; None if it is not available after all (failure or
-        eviction), in which case the caller predicts it."""
+    def wait(self, run: str, key: SharingKey, timeout: float | None = None) -> Any:
+        """Wait for a group another thread is predicting; None if it is not available after all (failure,
+        eviction, or ``timeout`` seconds passed), in which case the caller predicts it."""
         slot = (run, key)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
                 entry = self._entries.get(slot)
@@ -127,7 +118,8 @@ class SharedPredictions:
                 event = self._running.get(slot)
             if event is None:
                 return None
-            event.wait()
+            if not event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                return None
 
     def _use(self, slot: tuple[str, SharingKey], entry: _Entry) -> Any:
         """Count one use of an entry, dropping it after the last (caller holds the lock)."""
@@ -164,7 +156,6 @@ class SharedPredictions:
             for slot in [s for s in self._entries if s[0] == run]:
                 self._drop(slot)
             states = [self._states.pop(k) for k in [k for k in self._states if k[0] == run]]
-            self._reserved -= {slot for slot in self._reserved if slot[0] == run}
         for state in states:
             close = getattr(state, "close", None)
             if close is not None:

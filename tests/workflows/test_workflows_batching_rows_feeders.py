@@ -44,6 +44,9 @@ class Opened:
     stream: PatchStream
     nbytes: int = 100
 
+    def close(self) -> None:
+        self.stream.close()
+
 
 def test_chunks_ahead_opens_in_order_within_its_budget_hands_over_and_withdraws() -> None:
     model = Recorder()
