@@ -337,10 +337,12 @@ class ChunksAhead(Generic[TaskT, OpenedT]):
     """A run's chunks that have not started in this process, opened early to fill batches that would run short.
 
     A feeder of the model's queue. Asked for patches, it queues more of the opened chunks' streams, else opens the
-    next chunk in run order that has not started (``open_chunk(task)``: read, normalise, list the patches only
-    that chunk needs) and queues its first patches. When the chunk's own task starts, :meth:`start` hands it the
-    opened chunk, predictions included. Only for schedulers that run every chunk of the run in this process
-    (threads, sync): on a cluster another worker might run the chunk, and the work would be done twice.
+    next chunk in run order that has not started (``open_chunk(task)``: read, normalise, claim its border
+    groups, list the patches it will predict) and queues its first patches. When the chunk's own task starts,
+    :meth:`start` hands it the opened chunk, predictions included. Only for schedulers that run every chunk of
+    the run in this process (threads, sync): on a cluster another worker might run the chunk, and the work would be
+    done twice. A chunk waiting for a border group that a chunk opened ahead claimed is released by that chunk's
+    task, which the local schedulers start in run order, hence before the waiter's.
 
     Args:
         queue: The model's queue (this registers itself as one of its feeders until :meth:`close`).
