@@ -3,14 +3,22 @@
 Not a test: it prints ratios measured against baselines taken in the same run.
 
 (a) End-to-end ``map_raster`` time divided by the time of the bare model forward over the same patches (every
-    patch of the global grid once, in full batches: the model work any tiled mapping must do), with a ViT-S/16 backbone (random weights) and a linear head
-    upsampled to pixels, on CPU, on a generated 3-band ``--size`` x ``--size`` raster. Target <= 1.15.
+    patch of the global grid once, in full batches: the model work any tiled mapping must do), with a ViT-S/16
+    backbone (random weights) and a linear head upsampled to pixels, on CPU, on generated 3-band rasters: at the
+    default 224-px tile (overlap 56) on ``--size`` x ``--size``, and at the satellite models' 512-px tile
+    (overlap 64) on 2048 x 2048 and 4096 x 4096 (``--tile512-sizes``). Also printed: the rows sent to the model
+    (padding included) against the grid's patches; at most ``patches + batch - 1`` (one padded last batch).
+    Targets: <= 1.15 at 224 px, <= 1.10 at 512 px.
 (b) Peak resident memory (VmHWM) of a mapping of a ``--rss-large``\\ :sup:`2` raster divided by that of a
     ``--rss-small``\\ :sup:`2` one, each in a fresh subprocess, with a cheap per-pixel model (1x1 convolutions).
     Target <= 1.25.
 (c) geodino versus a naive in-memory loop (read the whole raster, tile it on the same global grid, accumulate
     full-size float32 arrays, write the result), same cheap model, same raster, each in a fresh subprocess:
     time and peak-memory ratios.
+(d) As (a) with a DPT head (``geodino.heads.dpt``, random weights) on the ViT-S/16 instead of the linear head, at
+    the 512-px tile (overlap 64) on a ``--dpt-size`` x ``--dpt-size`` raster (2048). Target <= 1.15. Skipped, with a
+    message, where ``geodino.heads.dpt`` is not installed. Not run by default (the bare DPT forward alone takes
+    minutes on a small CPU): ask for it with ``--only d``.
 
 Run: ``python benchmarks/mapping.py --size 2048 --rss-large 8192`` for a quick run.
 """
@@ -112,6 +120,33 @@ def vit_linear_predictor(batch_size: int) -> Any:
     return from_callable(model, info, batch_size=batch_size, device="cpu")
 
 
+def vit_dpt_predictor(batch_size: int) -> Any:
+    """ViT-S/16 (random, seeded weights) + DPT head (8 classes) as a classification Predictor.
+
+    Raises:
+        ImportError: Where the dense heads (``geodino.heads.dpt``) are not installed.
+    """
+    from geodino import hub
+    from geodino.heads.dpt import dpt_head
+    from geodino.heads.model import DenseModel
+
+    torch.manual_seed(0)
+    backbone = hub.dinov3_vits16()
+    model = DenseModel(backbone, dpt_head(backbone, out_channels=8, kind="classification")).eval()
+    meta = backbone.meta
+    info = PredictorInfo(
+        in_bands=3,
+        out_channels=8,
+        kind="classification",
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+        tile=512,
+        multiple=16,
+        name="vits16+dpt",
+    )
+    return from_callable(model, info, batch_size=batch_size, device="cpu")
+
+
 class Cheap(nn.Module):
     """Per-pixel model: 1x1 conv, tanh, 1x1 conv (3 bands -> 1 channel)."""
 
@@ -160,21 +195,30 @@ def _bare_forward(model: nn.Module, x: torch.Tensor, batches: int) -> tuple[floa
         return time.perf_counter() - wall, _cpu_seconds() - cpu
 
 
-def bench_overhead(raster: Path, work: Path, batch_size: int, repeats: int) -> dict[str, Any]:
+def bench_overhead(
+    raster: Path,
+    work: Path,
+    batch_size: int,
+    repeats: int,
+    tile: int | None = None,
+    overlap: int | None = None,
+    build: Any = None,
+) -> dict[str, Any]:
     """End-to-end mapping time / bare forward time over the same patches.
 
     Bare forwards and mappings alternate ``repeats`` times (bare first and last). Reported: the fastest of each
     (the machine may be shared), the median of the per-round ratios (each mapping against the mean of the bare
-    runs either side of it), and CPU-time ratios.
+    runs either side of it), CPU-time ratios, and per mapping the rows the model ran (padding included) and the
+    patches among them.
     """
     from geodino.raster.plan import plan_chunks
     from geodino.raster.source import RasterSource
     from geodino.workflows.batching import batch_queue
     from geodino.workflows.mapping import _plan_grid, default_chunk, map_raster
 
-    predictor = vit_linear_predictor(batch_size)
+    predictor = (build or vit_linear_predictor)(batch_size)
     source = RasterSource(raster)
-    grid = _plan_grid(source, predictor, None, None)
+    grid = _plan_grid(source, predictor, tile, overlap)
     chunk = default_chunk(grid, predictor.out_channels)
     tasks = plan_chunks(grid, chunk)
     batches = math.ceil(grid.num_patches / batch_size)
@@ -182,27 +226,49 @@ def bench_overhead(raster: Path, work: Path, batch_size: int, repeats: int) -> d
     queue = batch_queue(predictor)
     x = torch.randn(batch_size, 3, grid.patch, grid.patch)
     _bare_forward(model, x, 1)  # warm-up
-    bares, maps, runs = [_bare_forward(model, x, batches)], [], []
+    bares, maps, runs, rows, real = [_bare_forward(model, x, batches)], [], [], [], []
     for _ in range(repeats):
-        before = queue.batches
+        before, rows_before = queue.batches, queue.rows
         wall, cpu = time.perf_counter(), _cpu_seconds()
-        map_raster(raster, predictor, work / "a.zarr", overwrite=True, progress=False)
+        map_raster(raster, predictor, work / "a.zarr", tile=tile, overlap=overlap, overwrite=True, progress=False)
         maps.append((time.perf_counter() - wall, _cpu_seconds() - cpu))
         runs.append(queue.batches - before)
+        rows.append(runs[-1] * batch_size)
+        real.append(queue.rows - rows_before)
         bares.append(_bare_forward(model, x, batches))
     rounds = [m[0] / ((b0[0] + b1[0]) / 2) for m, b0, b1 in zip(maps, bares, bares[1:], strict=False)]
     return {
+        "tile": grid.patch,
+        "overlap": grid.patch - grid.stride,
         "chunk": chunk[0],
         "chunks": len(tasks),
         "patches": grid.num_patches,
         "min_batches": batches,
         "mapping_batches": runs,
+        "rows": rows,
+        "real_rows": real,
         "bare_s": [round(b[0], 1) for b in bares],
         "mapping_s": [round(m[0], 1) for m in maps],
         "ratio_same_patches": min(maps)[0] / min(bares)[0],
         "median_round_ratio": float(np.median(rounds)),
         "cpu_ratio_same_patches": min(m[1] for m in maps) / min(b[1] for b in bares),
     }
+
+
+def format_overhead(
+    res: dict[str, Any], size: int, batch_size: int, target: float, part: str = "(a)", head: str = "linear head"
+) -> str:
+    """One line of (a) or (d)."""
+    padded_max = res["patches"] + batch_size - 1
+    return (
+        f"{part} ViT-S/16 + {head}, {size}^2, tile {res['tile']} overlap {res['overlap']}, chunk {res['chunk']} "
+        f"({res['chunks']} chunks), batch {batch_size}: mapping runs {res['mapping_s']} s; bare forward over the "
+        f"{res['patches']} grid patches {res['bare_s']} s -> best/best ratio {res['ratio_same_patches']:.3f} "
+        f"(target <= {target:.2f}), median per-round ratio {res['median_round_ratio']:.3f}, CPU-time ratio "
+        f"{res['cpu_ratio_same_patches']:.3f}; rows sent per mapping {res['rows']} for {res['patches']} patches "
+        f"(patches run {res['real_rows']}; at most {padded_max}), forward passes {res['mapping_batches']} "
+        f"(minimum {res['min_batches']})"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,13 +335,17 @@ def run_child(mode: str, raster: Path, out: Path, chunk: int | None = None) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=4096, help="raster side for (a) and (c)")
+    parser.add_argument("--size", type=int, default=4096, help="raster side for (a) at 224 px and for (c)")
+    parser.add_argument(
+        "--tile512-sizes", type=int, nargs="*", default=[2048, 4096], help="raster sides for (a) at 512 px"
+    )
     parser.add_argument("--rss-small", type=int, default=2048, help="small raster side for (b)")
     parser.add_argument("--rss-large", type=int, default=16384, help="large raster side for (b)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="mapping runs in (a), alternating with bare runs")
     parser.add_argument("--rss-chunk", type=int, default=RSS_CHUNK, help="output chunk of both rasters in (b)")
-    parser.add_argument("--only", choices=["a", "b", "c"], action="append", help="run only these parts")
+    parser.add_argument("--dpt-size", type=int, default=2048, help="raster side for (d)")
+    parser.add_argument("--only", choices=["a", "b", "c", "d"], action="append", help="run only these parts")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--child", choices=["geodino", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--raster", type=Path, help=argparse.SUPPRESS)
@@ -293,15 +363,20 @@ def main() -> None:
         if "a" in parts or "c" in parts:
             raster = make_raster(work / f"r{args.size}.tif", args.size)
         if "a" in parts:
-            res = bench_overhead(raster, work, args.batch_size, args.repeats)
-            print(
-                f"(a) ViT-S/16 + linear head, {args.size}^2, chunk {res['chunk']} ({res['chunks']} chunks), "
-                f"batch {args.batch_size}: mapping runs {res['mapping_s']} s; bare forward over the "
-                f"{res['patches']} grid patches {res['bare_s']} s -> best/best ratio "
-                f"{res['ratio_same_patches']:.3f} (target <= 1.15), median per-round ratio "
-                f"{res['median_round_ratio']:.3f}, CPU-time ratio {res['cpu_ratio_same_patches']:.3f}; forward "
-                f"passes per mapping {res['mapping_batches']} (minimum {res['min_batches']})"
-            )
+            cases = [(args.size, None, None, 1.15)] + [(size, 512, 64, 1.10) for size in args.tile512_sizes]
+            for size, tile, overlap, target in cases:
+                tif = raster if size == args.size else make_raster(work / f"r{size}.tif", size)
+                res = bench_overhead(tif, work, args.batch_size, args.repeats, tile, overlap)
+                print(format_overhead(res, size, args.batch_size, target), flush=True)
+        if "d" in parts:
+            try:
+                import geodino.heads.dpt  # noqa: F401
+            except ImportError as err:
+                print(f"(d) skipped: the DPT head is not available here ({err})")
+            else:
+                tif = make_raster(work / f"d{args.dpt_size}.tif", args.dpt_size)
+                res = bench_overhead(tif, work, args.batch_size, args.repeats, 512, 64, vit_dpt_predictor)
+                print(format_overhead(res, args.dpt_size, args.batch_size, 1.15, "(d)", "DPT head"), flush=True)
         if "b" in parts:
             small_tif = make_raster(work / "small.tif", args.rss_small)
             small = run_child("geodino", small_tif, work / "small.zarr", args.rss_chunk)

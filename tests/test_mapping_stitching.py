@@ -172,7 +172,8 @@ def test_odd_size_2049_x_3071(tmp_path: Path) -> None:
 
 
 def test_progress_bar_and_predictor_batch_size_kept(scene: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("GEODINO_TEST_SLEEP", "0.03")  # the bar shows for runs longer than half a second
+    # The bar shows for runs longer than half a second; full batches mean few forward passes (2 here): slow them.
+    monkeypatch.setenv("GEODINO_TEST_SLEEP", "0.4")
     predictor = build_predictor("model_factories:slow_pointwise", batch_size=64)
     ds = map_raster(scene, predictor, tmp_path / "o.zarr", chunk=96)
     assert "100% Completed" in capsys.readouterr().out

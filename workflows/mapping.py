@@ -29,7 +29,7 @@ from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chu
 from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
 from geodino.workflows import manifest as _manifest
-from geodino.workflows.batching import PatchStream, batch_queue
+from geodino.workflows.batching import ChunksAhead, PatchStream, batch_queue, on_cluster_worker
 from geodino.workflows.execution import connect, release_freed_memory, run_tasks
 from geodino.workflows.options import MapOptions
 from geodino.workflows.predictor import Predictor, bands_by_name, build_predictor, check_bands, from_backbone
@@ -40,6 +40,9 @@ from geodino.workflows.sink import CLASS_NODATA, DONE_VAR, OutputVar, ZarrSink
 DEFAULT_TILE = 224
 #: Default chunk side, in input pixels, that chunks aim for.
 TARGET_CHUNK_INPUT_PX = 2048
+#: Longest a chunk waits for a border-patch group another chunk claimed before predicting it itself (a claimant
+#: opened ahead of its task publishes once that task starts, which the local schedulers do in order, soon).
+SHARED_WAIT_S = 120.0
 #: Upper bound on one chunk's float32 accumulators, in bytes.
 MAX_CHUNK_BYTES = 256 * 2**20
 
@@ -139,14 +142,92 @@ def _split_shared(
     return interior, shared
 
 
+@dataclass
+class _OpenChunk:
+    """A chunk read and normalised, its patches listed; its stream holds the patches only this chunk needs.
+
+    Attributes:
+        data: (C, H, W) float32 normalised read window.
+        valid: (H, W) bool, True where the input has data.
+        footprints: Per patch of the task, its (rows, cols) in the read window.
+        keep: Patches with at least one valid pixel, in the global patch order.
+        interior: Those of ``keep`` only this chunk needs.
+        shared: The others, by sharing key.
+        ready: Predictions of shared groups already published when the chunk was opened (patch -> (K, p, p)).
+        claimed: The groups this chunk claimed (it predicts and publishes them).
+        waiting: The groups other chunks claimed first.
+        stream: For the model's queue: the patches of ``claimed`` (first, to publish them early), then
+            ``interior``, in blending order.
+        run: The run's token.
+    """
+
+    data: np.ndarray
+    valid: np.ndarray
+    footprints: list[tuple[slice, slice]]
+    keep: list[int]
+    interior: list[int]
+    shared: dict[SharingKey, list[int]]
+    ready: dict[int, np.ndarray]
+    claimed: list[SharingKey]
+    waiting: list[SharingKey]
+    stream: PatchStream
+    run: str
+
+    def close(self) -> None:
+        """Withdraw the queued patches and release the claims (an opened chunk whose task never started)."""
+        self.stream.close()
+        for key in self.claimed:
+            SHARED.abandon(self.run, key)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the input window and its mask."""
+        return self.data.nbytes + self.valid.nbytes
+
+    def patch(self, k: int) -> np.ndarray:
+        """(C, P, P) view of patch ``k``'s input."""
+        return self.data[(slice(None), *self.footprints[k])]
+
+
+def _open_chunk(task: ChunkTask, ctx: ChunkContext) -> _OpenChunk:
+    """Read a chunk's window, normalise it, and split the patches with valid pixels into its own and shared ones."""
+    p = ctx.grid.patch
+    raw, valid = ctx.source.read(task.read, fill="reflect")
+    data = ctx.normalization.apply(raw, valid, in_place=True)
+    del raw
+    local_rows, local_cols = task.local_origins()
+    footprints = [(slice(r, r + p), slice(c, c + p)) for r, c in zip(local_rows, local_cols, strict=True)]
+    keep = [k for k in range(task.num_patches) if valid[footprints[k]].any()]
+    out_rows, out_cols = task.output_origins(ctx.grid.factor)
+    interior, shared = _split_shared(keep, out_rows, out_cols, ctx)
+    ready, claimed, waiting = _claim_groups(shared, ctx)
+    keys = [k for key in claimed for k in shared[key]] + interior
+    stream = PatchStream(batch_queue(ctx.predictor), keys, lambda k: data[(slice(None), *footprints[k])])
+    return _OpenChunk(data, valid, footprints, keep, interior, shared, ready, claimed, waiting, stream, ctx.run)
+
+
+def _chunks_ahead(ctx: ChunkContext) -> ChunksAhead[ChunkTask, _OpenChunk] | None:
+    """This run's chunks not yet started in this process, to open early rather than pad a batch (threads and
+    sync schedulers only: on a cluster the chunk may run elsewhere)."""
+    if on_cluster_worker():
+        return None
+    queue = batch_queue(ctx.predictor)
+
+    def make() -> ChunksAhead[ChunkTask, _OpenChunk]:
+        tasks = [t for t in plan_chunks(ctx.grid, ctx.chunk) if (t.iy, t.ix) in ctx.pending]
+        return ChunksAhead(queue, tasks, lambda t: (t.iy, t.ix), lambda t: _open_chunk(t, ctx))
+
+    return SHARED.run_state(ctx.run, f"ahead:{id(queue)}", make)
+
+
 def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
     """Blend the predictions of every patch touching a chunk's core.
 
     Patches that also touch other chunks go through :data:`~geodino.workflows.shared_patches.SHARED`: predicted
     once per process by the first chunk that claims them, then handed to the others. Patches go to the model
     through the process's :func:`~geodino.workflows.batching.batch_queue`, which fills batches across the chunks
-    running at once. Every patch is blended in the global patch order, so the result does not depend on which
-    chunk predicted what.
+    running at once (and with the first patches of chunks not started yet, rather than pad a batch). Every patch
+    is blended in the global patch order, so the result does not depend on which chunk predicted what.
 
     Args:
         task: The chunk task (core in output pixels, read window and patch origins in input pixels).
@@ -154,48 +235,40 @@ def predict_chunk(task: ChunkTask, ctx: ChunkContext) -> tuple[np.ndarray, int]:
 
     Returns:
         ``(values, patches)``: (K, h, w) float32 over ``task.core`` (NaN where no valid input), and the number of
-        patches this call sent to the model (patches without any valid pixel are skipped).
+        patches this chunk sent to the model (patches without any valid pixel are skipped).
     """
-    f, p = ctx.grid.factor, ctx.grid.patch
-    raw, valid = ctx.source.read(task.read, fill="reflect")
-    data = ctx.normalization.apply(raw, valid, in_place=True)
-    del raw
-    local_rows, local_cols = task.local_origins()
+    f = ctx.grid.factor
     out_rows, out_cols = task.output_origins(f)
-
-    def footprint(k: int) -> tuple[slice, slice]:
-        return slice(local_rows[k], local_rows[k] + p), slice(local_cols[k], local_cols[k] + p)
-
-    def patch(k: int) -> np.ndarray:
-        return data[(slice(None), *footprint(k))]
-
-    keep = [k for k in range(task.num_patches) if valid[footprint(k)].any()]
-    interior, shared = _split_shared(keep, out_rows, out_cols, ctx)
-    ready, claimed, waiting = _claim_groups(shared, ctx)
     queue = batch_queue(ctx.predictor)
-    # The groups this chunk claimed first (to publish them early), then its own patches, in blending order.
-    stream = PatchStream(queue, [k for key in claimed for k in shared[key]] + interior, patch)
-    with queue.client():
+    ahead = _chunks_ahead(ctx)
+    with queue.client():  # from before the read: others wait for this chunk's patches rather than pad a batch
+        chunk = (ahead.start(task) if ahead is not None else None) or _open_chunk(task, ctx)
+        valid, shared, stream = chunk.valid, chunk.shared, chunk.stream
+        ready, claimed, waiting = chunk.ready, chunk.claimed, chunk.waiting
+        stream.attach()
         try:
             _publish_claimed(claimed, shared, stream, ready, (out_rows, out_cols), task, ctx)
             fallback = 0
             for key in waiting:  # predicted by other threads; only now, holding no claim, wait for them
                 with queue.idle():
-                    crops = SHARED.wait(ctx.run, key)
-                if crops is None:  # its claimant failed: predict it here
-                    ready.update(zip(shared[key], queue.predict([patch(k) for k in shared[key]]), strict=True))
+                    crops = SHARED.wait(ctx.run, key, timeout=SHARED_WAIT_S)
+                if crops is None:  # its claimant failed (or, opened ahead, has not started): predict it here
+                    patches = [chunk.patch(k) for k in shared[key]]
+                    ready.update(zip(shared[key], queue.predict(patches), strict=True))
                     fallback += len(shared[key])
                 else:
                     pairs = zip(shared[key], crops, strict=True)
                     ready.update((k, _uncrop(crop, ctx.grid.out_patch)) for k, crop in pairs)
             acc = np.zeros((ctx.predictor.out_channels, *task.core.shape), dtype=np.float32)
             wsum = np.zeros(task.core.shape, dtype=np.float32)
-            for k in keep:  # global patch order
+            for k in chunk.keep:  # global patch order
                 pred = ready.pop(k) if k in ready else stream.get(k)
-                mask = valid_to_output(valid[footprint(k)], f)
+                mask = valid_to_output(valid[chunk.footprints[k]], f)
                 accumulate_patch(acc, wsum, pred, int(out_rows[k]), int(out_cols[k]), task.core, ctx.weights, mask)
         finally:
             stream.close()
+    if ahead is not None:
+        ahead.finish()
     return finalize(acc, wsum, in_place=True), stream.submitted + fallback
 
 

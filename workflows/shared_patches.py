@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +66,7 @@ class SharedPredictions:
     budget_bytes: int = DEFAULT_BUDGET_BYTES
     _entries: dict[tuple[str, SharingKey], _Entry] = field(default_factory=dict)
     _running: dict[tuple[str, SharingKey], threading.Event] = field(default_factory=dict)
+    _states: dict[tuple[str, str], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     _nbytes: int = 0
@@ -102,10 +105,11 @@ class SharedPredictions:
         if event is not None:
             event.set()
 
-    def wait(self, run: str, key: SharingKey) -> Any:
-        """Wait for a group another thread is predicting; None if it is not available after all (failure or
-        eviction), in which case the caller predicts it."""
+    def wait(self, run: str, key: SharingKey, timeout: float | None = None) -> Any:
+        """Wait for a group another thread is predicting; None if it is not available after all (failure,
+        eviction, or ``timeout`` seconds passed), in which case the caller predicts it."""
         slot = (run, key)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
                 entry = self._entries.get(slot)
@@ -114,7 +118,8 @@ class SharedPredictions:
                 event = self._running.get(slot)
             if event is None:
                 return None
-            event.wait()
+            if not event.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                return None
 
     def _use(self, slot: tuple[str, SharingKey], entry: _Entry) -> Any:
         """Count one use of an entry, dropping it after the last (caller holds the lock)."""
@@ -136,11 +141,25 @@ class SharedPredictions:
             self._entries[slot] = entry
             self._nbytes += entry.nbytes
 
+    def run_state(self, run: str, name: str, factory: Callable[[], Any]) -> Any:
+        """This process's object ``name`` for a run, made by ``factory()`` on first use (once, across threads);
+        :meth:`drop_run` calls its ``close()``."""
+        with self._lock:
+            state = self._states.get((run, name))
+            if state is None:
+                state = self._states[(run, name)] = factory()
+            return state
+
     def drop_run(self, run: str) -> None:
-        """Forget every group of a finished run."""
+        """Forget every group of a finished run, and close its run states."""
         with self._lock:
             for slot in [s for s in self._entries if s[0] == run]:
                 self._drop(slot)
+            states = [self._states.pop(k) for k in [k for k in self._states if k[0] == run]]
+        for state in states:
+            close = getattr(state, "close", None)
+            if close is not None:
+                close()
 
 
 def _budget_from_env() -> int:
