@@ -105,17 +105,22 @@ def vit_linear_predictor(batch_size: int) -> Any:
 
     torch.manual_seed(0)
     backbone = hub.dinov3_vits16()
-    model = LinearSegmenter(backbone).eval()
-    meta = backbone.meta
+    return _classifier(
+        LinearSegmenter(backbone).eval(), backbone, tile=224, name="vits16+linear", batch_size=batch_size
+    )
+
+
+def _classifier(model: nn.Module, backbone: Any, *, tile: int, name: str, batch_size: int) -> Any:
+    """An 8-class CPU Predictor for ``model``, normalised as its backbone."""
     info = PredictorInfo(
         in_bands=3,
         out_channels=8,
         kind="classification",
-        mean=tuple(meta.mean),
-        std=tuple(meta.std),
-        tile=224,
+        mean=tuple(backbone.meta.mean),
+        std=tuple(backbone.meta.std),
+        tile=tile,
         multiple=16,
-        name="vits16+linear",
+        name=name,
     )
     return from_callable(model, info, batch_size=batch_size, device="cpu")
 
@@ -133,18 +138,7 @@ def vit_dpt_predictor(batch_size: int) -> Any:
     torch.manual_seed(0)
     backbone = hub.dinov3_vits16()
     model = DenseModel(backbone, dpt_head(backbone, out_channels=8, kind="classification")).eval()
-    meta = backbone.meta
-    info = PredictorInfo(
-        in_bands=3,
-        out_channels=8,
-        kind="classification",
-        mean=tuple(meta.mean),
-        std=tuple(meta.std),
-        tile=512,
-        multiple=16,
-        name="vits16+dpt",
-    )
-    return from_callable(model, info, batch_size=batch_size, device="cpu")
+    return _classifier(model, backbone, tile=512, name="vits16+dpt", batch_size=batch_size)
 
 
 class Cheap(nn.Module):
