@@ -27,6 +27,15 @@ class HeadError(ValueError):
     """A head, a head checkpoint or a bins configuration that does not fit."""
 
 
+def pyramid_widths(embed_dim: int) -> list[int]:
+    """Default widths of a 4-level feature pyramid over a ViT (strides 4, 8, 16, 32): D/8, D/4, D/2, D.
+
+    DPT's reassemble channels for a ViT-L (128, 256, 512, 1024 from D = 1024) follow this rule; the smp adapter
+    uses it too.
+    """
+    return [embed_dim // d for d in (8, 4, 2, 1)]
+
+
 def class_path(obj: object) -> str:
     """Import path of an object's class, e.g. "geodino.heads.dpt.DPTHead"."""
     cls = type(obj)

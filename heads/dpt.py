@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geodino.heads.base import DenseHead, Features, HeadError, load_state_dict_checked
+from geodino.heads.base import DenseHead, Features, HeadError, load_state_dict_checked, pyramid_widths
 
 Readout = Literal["project", "ignore"]
 
@@ -163,9 +163,7 @@ class DPTHead(DenseHead):
         super().__init__(layers, **kwargs)
         if len(self.layers) != 4:
             raise HeadError(f"the DPT head reads 4 backbone layers, got {len(self.layers)}: {self.layers}")
-        pp = (
-            list(post_process_channels) if post_process_channels is not None else [embed_dim // d for d in (8, 4, 2, 1)]
-        )
+        pp = list(post_process_channels) if post_process_channels is not None else pyramid_widths(embed_dim)
         self.embed_dim = embed_dim
         self._head_config = {
             "embed_dim": embed_dim,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geodino.heads.base import DenseHead, Features, HeadError
+from geodino.heads.base import DenseHead, Features, HeadError, pyramid_widths
 
 Decoder = Literal["upernet", "fpn", "unet"]
 DECODERS = ("upernet", "fpn", "unet")
@@ -101,7 +101,7 @@ class SmpHead(DenseHead):
             raise HeadError(f"the smp adapter builds a 4-level pyramid from 4 layers, got {self.layers}")
         if decoder not in DECODERS:
             raise HeadError(f"unknown smp decoder {decoder!r}; known: {', '.join(DECODERS)}")
-        pyramid = list(pyramid_channels) if pyramid_channels is not None else [embed_dim // d for d in (8, 4, 2, 1)]
+        pyramid = list(pyramid_channels) if pyramid_channels is not None else pyramid_widths(embed_dim)
         if len(pyramid) != 4:
             raise HeadError(f"pyramid_channels needs 4 widths, got {pyramid}")
         self.embed_dim = embed_dim
