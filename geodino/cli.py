@@ -117,12 +117,14 @@ def _load_for_info(target: str, pretraining: str | None) -> Any:
 @cli_errors()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated scene and outputs")] = Path("geodino-demo"),
-    size: Annotated[int, typer.Option(help="Scene side in pixels")] = 1024,
+    size: Annotated[int, typer.Option(help="Scene side in pixels (1 m each)")] = 512,
+    seed: Annotated[int, typer.Option(help="Landscape and training seed")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs per head (default 15)")] = None,
 ) -> None:
-    """Generate a georeferenced scene, embed it with the built-in tiny backbone, write Zarr and a preview PNG."""
-    from geodino.demo import run_demo
+    """Train heads on a generated landscape with known truth, map the held-out part, print the metrics."""
+    from geodino.workflows.demo import run_demo
 
-    run_demo(out, size=size)
+    run_demo(out, size=size, seed=seed, epochs=epochs, echo=typer.echo)
 
 
 def _register_wings() -> None:
@@ -131,6 +133,14 @@ def _register_wings() -> None:
         from geodino.workflows.cli import register
 
         register(app)
+    if importlib.util.find_spec("geodino.workflows.evaluation_cli") is not None:
+        from geodino.workflows.evaluation_cli import register as register_evaluation
+
+        register_evaluation(app)
+    if importlib.util.find_spec("geodino.heads.cli") is not None:
+        from geodino.heads.cli import register as register_heads
+
+        register_heads(app)
     if importlib.util.find_spec("geodino.training.cli") is not None:
         from geodino.training.cli import register as register_training
 

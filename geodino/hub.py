@@ -54,6 +54,52 @@ def known_names() -> list[str]:
     return ["test", *sorted(n.removeprefix("dinov3_") for n in __all__ if n != "dinov3_vit_test")]
 
 
+def load_named(
+    source: str | Path, *, pretraining: str | None = None, random_weights: bool = False, **kwargs: Any
+) -> DinoVisionTransformer:
+    """A backbone from a checkpoint path, or a hub name with random weights only when asked for explicitly.
+
+    The one rule every tool that takes a backbone by name follows (``geodino embed``, ``geodino train-head``).
+
+    Args:
+        source: Checkpoint path (any format ``geodino.load_backbone`` reads), or a hub name: "test" (the built-in
+            tiny test model, always random), or with ``random_weights`` an architecture such as "vits16".
+        pretraining: "sat493m" or "lvd1689m": the weights' pretraining data where the checkpoint cannot tell.
+        random_weights: Allow a hub architecture without weights (its ``meta.weights`` is "random").
+        **kwargs: Options of a randomly initialised hub model (e.g. ``in_chans`` for an N-band test model).
+
+    Raises:
+        ModelError: A hub architecture without ``random_weights``; ``random_weights`` with a checkpoint file; a
+            name that is neither a file nor a hub name.
+    """
+    import torch
+
+    from geodino.errors import ModelError
+
+    if Path(source).exists():
+        if random_weights:
+            raise ModelError(f"{source} is a checkpoint file: --random-weights applies to hub names only")
+        from geodino.models.checkpoint import load_backbone
+
+        return load_backbone(source, pretraining=pretraining)
+    if pretraining is not None:
+        raise ModelError(f"pretraining={pretraining!r} applies to checkpoint files; {source!r} is not a file")
+    name = resolve_name(str(source))
+    if name is None:
+        raise ModelError(
+            f"backbone {str(source)!r} is neither a checkpoint file nor a hub name; known names: {known_names()}"
+        )
+    if needs_weights(str(source)) and not random_weights:
+        raise ModelError(
+            f"backbone {str(source)!r} names an architecture, not weights: give its checkpoint file "
+            f"(--backbone path/to/{name}.pth), or pass --random-weights (random_weights=True) to run it untrained"
+        )
+    # Random weights: seeded, so every worker process builds the same model.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return globals()[name](weights=None, **kwargs)
+
+
 def build(
     name: str,
     weights: str | Path | None = None,

@@ -532,30 +532,8 @@ def load_backbone_source(
             name that is neither a file nor a hub name.
     """
     from geodino import hub
-    from geodino.errors import ModelError
 
-    if Path(source).exists():
-        if random_weights:
-            raise ModelError(f"{source} is a checkpoint file: --random-weights applies to hub names only")
-        import geodino
-
-        return geodino.load_backbone(source, pretraining=pretraining)
-    if pretraining is not None:
-        raise ModelError(f"pretraining={pretraining!r} applies to checkpoint files; {source!r} is not a file")
-    name = hub.resolve_name(source)
-    if name is None:
-        raise ModelError(
-            f"backbone {source!r} is neither a checkpoint file nor a hub name; known names: {hub.known_names()}"
-        )
-    if hub.needs_weights(source) and not random_weights:
-        raise ModelError(
-            f"backbone {source!r} names an architecture, not weights: give its checkpoint file "
-            f"(--backbone path/to/{name}.pth), or pass --random-weights (random_weights=True) to run it untrained"
-        )
-    # Random weights: seeded, so every worker process builds the same model.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return getattr(hub, name)(weights=None)
+    return hub.load_named(source, pretraining=pretraining, random_weights=random_weights)
 
 
 def from_backbone(
