@@ -395,10 +395,8 @@ def train_head(
     normalization = normalization_of(model_backbone, dtype)
     patch = int(model_backbone.patch_size)
     tile = _default_tile(tile, patch)
-    say(
-        f"backbone {model_backbone.meta.name} ({model_backbone.meta.weights} weights"
-        f"{': RANDOM, not pretrained' if random else ''}), {count} bands, tile {tile}"
-    )
+    weights = "RANDOM weights, not pretrained" if random else f"{model_backbone.meta.weights} weights"
+    say(f"backbone {model_backbone.meta.name} ({weights}), {count} bands, tile {tile}")
 
     class_map = None
     if task == "land-cover":
@@ -463,9 +461,10 @@ def train_head(
     )
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    info_fields = model_info_fields(task, class_names=class_map.names if class_map is not None else None)
-    if class_colours is not None:
-        info_fields["class_colours"] = tuple(tuple(int(v) for v in c) for c in class_colours)
+    colours = None if class_colours is None else tuple(tuple(int(v) for v in c) for c in class_colours)
+    info_fields = model_info_fields(
+        task, class_names=class_map.names if class_map is not None else None, class_colours=colours, model=fit.model
+    )
     info_fields.setdefault("tile", tile)
     info_fields.setdefault("name", name or out.stem)
     if chips.gsd:

@@ -49,14 +49,39 @@ def test_info_on_geodino_file_needs_no_pretraining_flag(tmp_path) -> None:
     assert res.returncode == 0 and "0.6 m" in res.stdout and "note:" not in res.stdout
 
 
-def test_demo_writes_a_georeferenced_embedding(tmp_path) -> None:
+def test_demo_trains_maps_and_scores_against_the_known_truth(tmp_path) -> None:
+    import json
+
+    import numpy as np
+    import rasterio
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
+    from PIL import Image
+    from rasterio.windows import from_bounds
 
-    res = run("demo", "--out", str(tmp_path / "d"), "--size", "256")
+    out = tmp_path / "d"
+    res = run("demo", "--out", str(out), "--size", "256", "--epochs", "3")
     assert res.returncode == 0, res.stderr + res.stdout
-    ds = xr.open_zarr(tmp_path / "d" / "embedding.zarr", decode_coords="all")
-    assert ds["embedding"].shape == (64, 16, 16)
-    assert ds.rio.crs.to_epsg() == 32633
-    assert ds.rio.transform().a == 160.0  # 10 m pixels, 16-pixel patches
-    assert (tmp_path / "d" / "embedding_pca.png").stat().st_size > 0
+    assert "RANDOM weights" in res.stdout
+    for name in ("land-cover.gdm", "canopy-height.gdm", "land-cover.tif", "canopy-height.tif", "demo.png"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "land-cover" / "report.json").read_text())
+    assert (
+        f"mIoU {report['miou']:.3f}" in res.stdout
+        and f"overall accuracy {report['overall_accuracy']:.3f}" in res.stdout
+    )
+
+    # The held-out map, scored again here against the truth raster, read through the held-out image's bounds.
+    ds = xr.open_zarr(out / "land-cover" / "prediction.zarr", decode_coords="all")
+    assert ds.rio.crs.to_epsg() == 32633 and ds["classes"].attrs["class_names"][0] == "water"
+    with rasterio.open(out / "scene" / "holdout.tif") as hold, rasterio.open(out / "scene" / "truth_classes.tif") as t:
+        window = from_bounds(*hold.bounds, transform=t.transform).round_offsets().round_lengths()
+        truth = t.read(1, window=window)
+    pred = ds["classes"].values
+    assert pred.shape == truth.shape == (256, 64)  # the eastern quarter
+    assert report["overall_accuracy"] == np.mean(pred == truth) and report["n_pixels"] == truth.size
+    heights = json.loads((out / "canopy-height" / "report.json").read_text())
+    assert f"MAE {heights['mae']:.3f} m" in res.stdout and heights["n_pixels"] == truth.size  # 0 m counted
+    with rasterio.open(out / "canopy-height.tif") as cog:
+        assert cog.crs.to_epsg() == 32633 and cog.shape == (256, 64)
+    assert Image.open(out / "demo.png").size[1] == 256

@@ -82,7 +82,8 @@ def run_demo(
     epochs: int | None = None,
     head: str = "linear",
     backbone: str = "test",
-    tile: int = 128,
+    tile: int = 64,
+    lr: float = 1e-2,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generate the landscape, train two heads, map the held-out part, score it, write Zarr, COGs and PNGs.
@@ -94,7 +95,8 @@ def run_demo(
         epochs: Training epochs per head (default 15).
         head: Head type (see ``geodino train-head``).
         backbone: Backbone (default the built-in random-weights ``test`` model).
-        tile: Chip / mapping tile side in pixels.
+        tile: Chip / mapping tile side in pixels (64: many small chips, so a few epochs take many steps).
+        lr: Peak learning rate (a linear probe on a small scene takes large steps).
         echo: Called with each line of the summary (default: print).
 
     Returns:
@@ -133,10 +135,11 @@ def run_demo(
             backbone=backbone,
             head=head,
             out=out / f"{task}.gdm",
-            classes=list(CLASS_NAMES) if task == "land-cover" else None,
+            classes=[f"{i}={n}" for i, n in enumerate(CLASS_NAMES)] if task == "land-cover" else None,
             class_colours=CLASS_COLOURS if task == "land-cover" else None,
             tile=tile,
             epochs=epochs if epochs is not None else 15,
+            lr=lr,
             seed=seed,
         )
         t1 = time.perf_counter()

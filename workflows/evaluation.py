@@ -29,7 +29,7 @@ import numpy as np
 
 from geodino.errors import InputError
 
-__all__ = ["EvaluationResult", "evaluate", "label_class_map"]
+__all__ = ["EvaluationResult", "evaluate", "label_class_map", "training_summary"]
 
 #: Most pixels of the decimated prediction / truth copies the figures are drawn from.
 FIGURE_PIXELS = 2_000_000
@@ -60,26 +60,38 @@ def _task_of(info: Any) -> str:
     raise InputError(f"model {info.name!r} is an {info.kind} model: evaluate needs a land-cover or canopy-height head")
 
 
-def label_class_map(model_path: Path, info: Any, labels: Any, label_column: str | None) -> Any:
+def training_summary(model_path: Path) -> dict[str, Any]:
+    """The training summary next to a model (``MODEL.summary.json`` from train-head), or {} when there is none."""
+    from geodino.heads.api import summary_path
+
+    path = summary_path(model_path)
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable training summary ({err})") from err
+
+
+def label_class_map(model_path: Path, info: Any, labels: Any, label_column: str | None, **label_options: Any) -> Any:
     """The label value -> class index map the model was trained with.
 
     Read from the training summary next to the model (``MODEL.summary.json``, which records each class's label
-    value); without one, resolved from the labels with the model's class names as the declared classes.
+    value); without one, every label value must be a class index of the model (values 0..K-1, named by the
+    model's class names).
     """
-    from geodino.heads.api import summary_path
     from geodino.heads.data.pairs import ClassMap, resolve_classes
 
-    path = summary_path(model_path)
-    if path.exists():
-        classes = json.loads(path.read_text()).get("classes")
-        if classes:
-            if tuple(classes["names"]) != tuple(info.class_names):
-                raise InputError(
-                    f"{path}: classes {classes['names']} differ from the model's {list(info.class_names)}; "
-                    "this summary belongs to another model"
-                )
-            return ClassMap(values=tuple(classes["values"]), names=tuple(classes["names"]))
-    return resolve_classes([labels], label_column=label_column, classes=list(info.class_names))
+    classes = training_summary(model_path).get("classes")
+    if classes:
+        if tuple(classes["names"]) != tuple(info.class_names):
+            raise InputError(
+                f"{model_path}: its training summary lists classes {classes['names']}, the model "
+                f"{list(info.class_names)}; the summary belongs to another model"
+            )
+        return ClassMap(values=tuple(classes["values"]), names=tuple(classes["names"]))
+    declared = [f"{i}={n}" for i, n in enumerate(info.class_names)]
+    return resolve_classes([labels], label_column=label_column, classes=declared, **label_options)
 
 
 def _chunk_windows(shape: tuple[int, int], chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Iterator[Any]:
@@ -141,9 +153,10 @@ def evaluate(
         images: The evaluation imagery: one raster, the tiles of one mosaic, or with ``stack`` the band files.
         labels: Label raster(s) on any grid and CRS, or a vector file.
         out_dir: Report folder: ``prediction.zarr``, ``report.json``, PNGs.
-        label_column: Vector labels: the class (or height) column.
-        label_nodata: Label value meaning "no label" (default: the raster's nodata).
-        ignore_values: Further label values to ignore.
+        label_column: Vector labels: the class (or height) column (default: the training summary's).
+        label_nodata: Label value meaning "no label" (default: the one the model was trained with, from its
+            training summary, else the raster's nodata).
+        ignore_values: Further label values to ignore (default: those of the training summary).
         all_touched: Vector labels: burn every touched pixel.
         stack, bands, tile, batch_size, device, scheduler: Mapping settings (as ``geodino map``).
         overwrite: Replace an existing ``prediction.zarr``.
@@ -165,6 +178,11 @@ def evaluate(
     model_path = Path(model_path)
     info = read_model_info(model_path)
     task = _task_of(info)
+    # Label settings the model was trained with apply unless given (a mask's nodata value, its class column).
+    trained = training_summary(model_path)
+    label_column = label_column if label_column is not None else trained.get("label_column")
+    label_nodata = label_nodata if label_nodata is not None else trained.get("label_nodata")
+    ignore_values = tuple(ignore_values) or tuple(trained.get("ignore_values") or ())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "prediction.zarr"
@@ -183,7 +201,11 @@ def evaluate(
     data = ds[var] if task == "land-cover" else ds[var].isel(band=0)
     crs, transform = ds.rio.crs, ds.rio.transform()
     shape = (int(data.shape[-2]), int(data.shape[-1]))
-    class_map = label_class_map(model_path, info, labels, label_column) if task == "land-cover" else None
+    class_map = None
+    if task == "land-cover":
+        class_map = label_class_map(
+            model_path, info, labels, label_column, nodata=label_nodata, ignore_values=ignore_values
+        )
     scores = _Scores(task, info, shape)
     step = max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / figure_pixels))))
     fill_pred, fill_truth = (255, -1) if task == "land-cover" else (np.nan, np.nan)

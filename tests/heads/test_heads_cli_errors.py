@@ -35,7 +35,7 @@ def scene(tmp_path_factory) -> dict[str, Path]:
     classes = (img[:1] > 127).astype(np.uint8) + 1
     paths = {
         "image": write_raster(root / "image.tif", img),
-        "image4": write_raster(root / "image4.tif", smooth_scene(4, 64, 64, seed=2, dtype=np.uint8)),
+        "image5": write_raster(root / "image5.tif", smooth_scene(5, 64, 64, seed=2, dtype=np.uint8)),
         "classes": write_raster(root / "classes.tif", classes, nodata=0),
         "far": write_raster(root / "far.tif", classes, transform=from_origin(900000, 100000, 10, 10), nodata=0),
     }
@@ -76,10 +76,10 @@ def test_a_label_column_that_does_not_exist(scene, tmp_path) -> None:
 
 def test_mismatched_band_counts_between_images(scene, tmp_path) -> None:
     line = fails(
-        "train-head", "--task", "land-cover", "--images", scene["image"], "--images", scene["image4"],
+        "train-head", "--task", "land-cover", "--images", scene["image"], "--images", scene["image5"],
         "--labels", scene["classes"], "--backbone", "test", "--out", tmp_path / "m.gdm", "--tile", "32",
     )  # fmt: skip
-    assert "image4.tif" in line and "4" in line and "3" in line
+    assert "image5.tif" in line and "5 bands" in line and "3" in line
 
 
 def test_an_empty_training_split(scene, tmp_path) -> None:

@@ -44,6 +44,7 @@ def geodino(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def open_output(store: Path):
+    import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
 
     return xr.open_zarr(store, decode_coords="all")
