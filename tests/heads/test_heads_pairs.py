@@ -1,0 +1,208 @@
+"""Labels onto the imagery grid through CRS + geotransform, and chips on the global patch grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from label_helpers import (
+    IMAGE_CRS,
+    X0,
+    Y0,
+    class_field,
+    covering_grid,
+    field_on_grid,
+    height_field,
+    write_field,
+)
+from rasterio.transform import from_origin
+from rasters import smooth_scene, write_raster
+
+from geodino.heads.data.chips import IGNORE_INDEX
+from geodino.heads.data.pairs import ClassMap, LabelError, labels_on_grid, make_chips, resolve_classes
+from geodino.raster.normalize import Normalization
+from geodino.raster.windows import Window
+
+SHAPE = (96, 120)
+TRANSFORM = from_origin(X0, Y0, 10, 10)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    return write_raster(
+        tmp_path / "image.tif", smooth_scene(3, *SHAPE, seed=1, dtype=np.uint16), crs=IMAGE_CRS, transform=TRANSFORM
+    )
+
+
+def _on_image(labels: Path | list[Path], task: str, **kwargs) -> np.ndarray:
+    return labels_on_grid(labels, task=task, crs=IMAGE_CRS, transform=TRANSFORM, shape=SHAPE, **kwargs)
+
+
+def _interior(classes: np.ndarray, radius: int = 2) -> np.ndarray:
+    """(H, W) bool: pixels whose (2r+1)^2 neighbourhood holds one class (away from class edges and the border)."""
+    h, w = classes.shape
+    out = np.zeros((h, w), dtype=bool)
+    core = classes[radius : h - radius, radius : w - radius]
+    same = np.ones_like(core, dtype=bool)
+    for dr in range(-radius, radius + 1):
+        for dc in range(-radius, radius + 1):
+            same &= classes[radius + dr : h - radius + dr, radius + dc : w - radius + dc] == core
+    out[radius : h - radius, radius : w - radius] = same
+    return out
+
+
+def test_heights_on_the_imagery_grid_are_read_exactly(tmp_path: Path) -> None:
+    written = write_field(tmp_path / "h.tif", height_field, IMAGE_CRS, TRANSFORM, SHAPE, nodata=-9999.0)
+    got = _on_image(tmp_path / "h.tif", "canopy-height")
+    assert got.dtype == np.float32 and got.shape == SHAPE
+    assert np.array_equal(got, written)
+    window = Window(10, 20, 30, 40)
+    assert np.array_equal(_on_image(tmp_path / "h.tif", "canopy-height", window=window), written[10:40, 20:60])
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32634", "EPSG:4326"])
+def test_heights_from_a_shifted_grid_in_another_crs_match_within_resampling_tolerance(tmp_path: Path, crs: str) -> None:
+    """UTM 34N (rotated ~3.6 deg from 33N here) at 10 m, or lon/lat at ~1e-4 deg, origin off by 0.37 pixel.
+
+    Tolerance: AVERAGE resampling blends the label cells a pixel overlaps; for this field (amplitude 10 m,
+    wavelength >= 800 m) that moves a pixel by at most ~0.3 m, 0.1 m on average."""
+    res = 10.0 if crs == "EPSG:32634" else 1e-4
+    margin = 5 * res
+    transform, shape = covering_grid(TRANSFORM, SHAPE, crs, res, shift=0.37, margin=margin)
+    write_field(tmp_path / "h.tif", height_field, crs, transform, shape, nodata=-9999.0)
+    truth = field_on_grid(height_field, IMAGE_CRS, TRANSFORM, SHAPE)
+    got = _on_image(tmp_path / "h.tif", "canopy-height")
+    assert np.isfinite(got).all()
+    error = np.abs(got - truth)
+    assert error.max() < 0.5 and error.mean() < 0.15, (error.max(), error.mean())
+    # Index alignment would be badly wrong: the label array's pixel (i, j) is elsewhere on the ground.
+    written = field_on_grid(height_field, crs, transform, shape)
+    assert np.abs(written[: SHAPE[0], : SHAPE[1]] - truth).mean() > 1.0
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32634", "EPSG:4326"])
+def test_classes_from_a_shifted_grid_in_another_crs_agree_away_from_class_edges(tmp_path: Path, crs: str) -> None:
+    res = 10.0 if crs == "EPSG:32634" else 1e-4
+    transform, shape = covering_grid(TRANSFORM, SHAPE, crs, res, shift=0.37, margin=5 * res)
+    write_field(tmp_path / "c.tif", class_field, crs, transform, shape, dtype="uint8")
+    class_map = ClassMap((10, 20, 30, 40), ("a", "b", "c", "d"))
+    truth = field_on_grid(class_field, IMAGE_CRS, TRANSFORM, SHAPE) // 10 - 1
+    got = _on_image(tmp_path / "c.tif", "land-cover", class_map=class_map)
+    assert got.dtype == np.int64 and (got != IGNORE_INDEX).all()
+    interior = _interior(truth)
+    assert interior.mean() > 0.5 and len(np.unique(truth[interior])) == 4
+    assert (got[interior] == truth[interior]).mean() >= 0.999
+    assert (got == truth).mean() > 0.9  # NEAREST differs only next to class edges
+
+
+def test_coarse_heights_onto_fine_imagery_give_the_covering_cell(tmp_path: Path) -> None:
+    """1 m labels, origin off by (0.3, 0.2) m, onto 0.1 m pixels: a pixel inside one cell gets that cell's value."""
+    fine = from_origin(X0, Y0, 0.1, 0.1)
+    coarse = from_origin(X0 - 0.3, Y0 + 0.2, 1.0, 1.0)
+    heights = np.arange(12 * 12, dtype=np.float32).reshape(12, 12) / 4
+    heights[5, 5] = -9999.0
+    write_raster(tmp_path / "chm.tif", heights[None], crs=IMAGE_CRS, transform=coarse, nodata=-9999.0)
+    got = labels_on_grid(tmp_path / "chm.tif", task="canopy-height", crs=IMAGE_CRS, transform=fine, shape=(100, 100))
+    for row, col in [(0, 0), (7, 3), (8, 4), (50, 50), (51, 77), (99, 99), (47, 57)]:
+        # Hand computation through the two geotransforms: the 1 m cell holding the 0.1 m pixel's centre.
+        x, y = X0 + 0.1 * (col + 0.5), Y0 - 0.1 * (row + 0.5)
+        crow, ccol = int(np.floor((Y0 + 0.2 - y) / 1.0)), int(np.floor((x - (X0 - 0.3)) / 1.0))
+        if (crow, ccol) == (5, 5):
+            assert np.isnan(got[row, col])
+        else:
+            assert got[row, col] == pytest.approx(heights[crow, ccol], abs=1e-5), (row, col)
+    # The offsets are whole 0.1 m pixels, so no fine pixel straddles a cell edge: nodata covers 10 x 10 exactly.
+    assert np.isnan(got).sum() == 100
+
+
+def test_label_mosaic_first_labelled_tile_wins(tmp_path: Path) -> None:
+    truth = field_on_grid(height_field, IMAGE_CRS, TRANSFORM, SHAPE).astype(np.float32)
+    left = from_origin(X0, Y0, 10, 10)
+    right = from_origin(X0 + 600, Y0, 10, 10)
+    write_raster(tmp_path / "a.tif", truth[None, :, :64], crs=IMAGE_CRS, transform=left, nodata=-1.0)
+    write_raster(tmp_path / "b.tif", truth[None, :, 60:], crs=IMAGE_CRS, transform=right, nodata=-1.0)
+    got = _on_image([tmp_path / "a.tif", tmp_path / "b.tif"], "canopy-height")
+    assert np.allclose(got, truth)
+
+
+def test_nodata_and_ignore_values_leave_pixels_unlabelled(tmp_path: Path) -> None:
+    values = field_on_grid(class_field, IMAGE_CRS, TRANSFORM, SHAPE).astype(np.uint8)
+    values[:10] = 0
+    values[10:20] = 99
+    write_raster(tmp_path / "c.tif", values[None], crs=IMAGE_CRS, transform=TRANSFORM)
+    class_map = resolve_classes([tmp_path / "c.tif"], nodata=0, ignore_values=[99])
+    assert class_map.values == (10, 20, 30, 40) and class_map.names == ("10", "20", "30", "40")
+    got = _on_image(tmp_path / "c.tif", "land-cover", class_map=class_map, nodata=0, ignore_values=[99])
+    assert (got[:20] == IGNORE_INDEX).all()
+    assert np.array_equal(got[20:], values[20:] // 10 - 1)
+    named = resolve_classes(
+        [tmp_path / "c.tif"], classes=["40=d", "30=c", "20=b", "10=a"], nodata=0, ignore_values=[99]
+    )
+    assert named.names == ("d", "c", "b", "a")
+    got = _on_image(tmp_path / "c.tif", "land-cover", class_map=named, nodata=0, ignore_values=[99])
+    assert np.array_equal(got[20:], 4 - values[20:] // 10)
+
+
+def test_make_chips_on_the_global_patch_grid(tmp_path: Path, image: Path) -> None:
+    heights = write_field(tmp_path / "h.tif", height_field, IMAGE_CRS, TRANSFORM, SHAPE, nodata=-9999.0)
+    heights_masked = heights.copy()
+    heights_masked[:40, :] = -9999.0  # only rows 40.. are labelled
+    write_raster(tmp_path / "h.tif", heights_masked[None], crs=IMAGE_CRS, transform=TRANSFORM, nodata=-9999.0)
+    chips = make_chips([image], [tmp_path / "h.tif"], task="canopy-height", tile=32, stride=16)
+    assert chips.tile == 32 and chips.in_bands == 3 and chips.task == "canopy-height"
+    assert (chips.origins % 16 == 0).all()
+    # Rows 0..39 unlabelled: chips starting at rows 0 (covers 0..31) have no label; row 16 (16..47) has some.
+    assert set(chips.origins[:, 0]) == {16, 32, 48, 64}  # PatchGrid: the last origin 64 reaches row 95
+    assert set(chips.origins[:, 1]) == {0, 16, 32, 48, 64, 80, 96}  # the last reaches past column 119
+    assert chips.gsd == 10.0 and chips.grids[0].name == "image.tif" and chips.grids[0].shape == SHAPE
+    raw = smooth_scene(3, *SHAPE, seed=1, dtype=np.uint16).astype(np.float32)
+    for n in range(len(chips)):
+        r, c = chips.origins[n]
+        h, w = min(32, SHAPE[0] - r), min(32, SHAPE[1] - c)
+        assert np.allclose(chips.images[n, :, :h, :w], raw[:, r : r + h, c : c + w] / 10000.0, atol=1e-6)
+        expect = heights_masked[r : r + h, c : c + w]
+        assert np.array_equal(chips.targets[n, :h, :w], np.where(expect == -9999.0, np.nan, expect), equal_nan=True)
+        assert np.isnan(chips.targets[n, h:, :]).all() and np.isnan(chips.targets[n, :, w:]).all()
+    assert chips.normalization == Normalization(1e-4, (0.0,) * 3, (1.0,) * 3)
+
+
+def test_min_labelled_and_image_nodata(tmp_path: Path) -> None:
+    data = smooth_scene(3, *SHAPE, seed=1, dtype=np.uint16)
+    data[:, :, :50] = 0  # nodata strip in the imagery
+    write_raster(tmp_path / "img.tif", data, crs=IMAGE_CRS, transform=TRANSFORM, nodata=0)
+    write_field(tmp_path / "h.tif", height_field, IMAGE_CRS, TRANSFORM, SHAPE, nodata=-9999.0)
+    chips = make_chips([tmp_path / "img.tif"], [tmp_path / "h.tif"], task="canopy-height", tile=32)
+    assert set(chips.origins[:, 1]) == {32, 64, 96}  # column-0 chips see only nodata imagery
+    first = np.flatnonzero(chips.origins[:, 1] == 32)[0]
+    assert np.isnan(chips.targets[first, :, :18]).all() and (chips.images[first, :, :, :18] == 0).all()
+    assert np.isfinite(chips.targets[first, :, 18:]).all()
+    few = make_chips([tmp_path / "img.tif"], [tmp_path / "h.tif"], task="canopy-height", tile=32, min_labelled=32 * 32)
+    assert set(few.origins[:, 1]) == {64}  # 32 has 18 nodata columns, 96 reaches past the raster
+
+
+def test_raster_smaller_than_a_tile_gives_one_padded_chip(tmp_path: Path) -> None:
+    write_raster(tmp_path / "img.tif", smooth_scene(2, 20, 30, dtype=np.uint8), crs=IMAGE_CRS, transform=TRANSFORM)
+    values = field_on_grid(class_field, IMAGE_CRS, TRANSFORM, (20, 30)).astype(np.uint8)
+    write_raster(tmp_path / "c.tif", values[None], crs=IMAGE_CRS, transform=TRANSFORM)
+    chips = make_chips([tmp_path / "img.tif"], [tmp_path / "c.tif"], task="land-cover", tile=64)
+    assert len(chips) == 1 and chips.images.shape == (1, 2, 64, 64) and chips.origins.tolist() == [[0, 0]]
+    assert chips.class_names == tuple(str(v) for v in np.unique(values))
+    assert (chips.targets[0, 20:] == IGNORE_INDEX).all() and (chips.targets[0, :, 30:] == IGNORE_INDEX).all()
+    assert (chips.targets[0, :20, :30] != IGNORE_INDEX).all()
+    # Reflect padding: row 20 mirrors row 18.
+    assert np.array_equal(chips.images[0, :, 20, :30], chips.images[0, :, 18, :30])
+
+
+def test_band_stack_imagery_and_expected_bands(tmp_path: Path) -> None:
+    data = smooth_scene(3, *SHAPE, seed=2, dtype=np.uint16)
+    files = [
+        write_raster(tmp_path / f"s_B0{b + 1}.tif", data[b : b + 1], crs=IMAGE_CRS, transform=TRANSFORM)
+        for b in range(3)
+    ]
+    write_field(tmp_path / "h.tif", height_field, IMAGE_CRS, TRANSFORM, SHAPE)
+    chips = make_chips([files], [tmp_path / "h.tif"], task="canopy-height", tile=48, stack=True, expected_bands=3)
+    assert chips.in_bands == 3 and len(chips) == 6
+    assert np.allclose(chips.images[0], data[:, :48, :48] / 10000.0, atol=1e-6)
+    with pytest.raises(LabelError, match=r"s_B01.tif: expected 4 imagery bands, found 3"):
+        make_chips([files], [tmp_path / "h.tif"], task="canopy-height", tile=48, stack=True, expected_bands=4)
