@@ -178,6 +178,11 @@ def _read_vector(path: str) -> Any:
         if path.lower().endswith(_PARQUET):
             return gpd.read_parquet(path)
         return gpd.read_file(path)
+    except ImportError as exc:  # GeoParquet needs pyarrow, an optional dependency
+        raise LabelError(
+            f"{path}: reading GeoParquet labels needs pyarrow ({exc}); install it, or give the "
+            "labels as GeoPackage / GeoJSON"
+        ) from exc
     except Exception as exc:  # pyogrio / pyarrow raise many types for unreadable files
         raise LabelError(
             f"{path}: cannot be read as a vector layer (expected GeoPackage/GeoJSON/Shapefile/GeoParquet): {exc}"

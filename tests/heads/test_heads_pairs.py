@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import shapely
 from label_helpers import (
     IMAGE_CRS,
     X0,
@@ -19,6 +21,7 @@ from label_helpers import (
 from rasterio.transform import from_origin
 from rasters import smooth_scene, write_raster
 
+from geodino.errors import InputError
 from geodino.heads.data.chips import IGNORE_INDEX
 from geodino.heads.data.pairs import ClassMap, LabelError, labels_on_grid, make_chips, resolve_classes
 from geodino.raster.normalize import Normalization
@@ -206,3 +209,174 @@ def test_band_stack_imagery_and_expected_bands(tmp_path: Path) -> None:
     assert np.allclose(chips.images[0], data[:, :48, :48] / 10000.0, atol=1e-6)
     with pytest.raises(LabelError, match=r"s_B01.tif: expected 4 imagery bands, found 3"):
         make_chips([files], [tmp_path / "h.tif"], task="canopy-height", tile=48, stack=True, expected_bands=4)
+
+
+# ------------------------------------------------------------------------------------------------ vectors
+def _pixel_box(row0: float, col0: float, row1: float, col1: float) -> shapely.Polygon:
+    """A box in UTM 33N from fractional pixel coordinates of the test image grid."""
+    return shapely.box(X0 + 10 * col0, Y0 - 10 * row1, X0 + 10 * col1, Y0 - 10 * row0)
+
+
+def _write_layer(path: Path, geoms: list, crs: str = "EPSG:4326", **columns) -> Path:
+    layer = gpd.GeoDataFrame(columns, geometry=geoms, crs=IMAGE_CRS).to_crs(crs)
+    if path.suffix == ".parquet":
+        layer.to_parquet(path)
+    else:
+        layer.to_file(path)
+    return path
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [".geojson", ".gpkg", pytest.param(".parquet", marks=pytest.mark.skipif(not _has_pyarrow(), reason="no pyarrow"))],
+)
+def test_polygons_with_a_string_class_column_in_lonlat_over_a_utm_image(tmp_path: Path, suffix: str) -> None:
+    geoms = [_pixel_box(5, 10, 30, 40), _pixel_box(50, 60, 90, 110), _pixel_box(40, 0, 45, 120)]
+    path = _write_layer(tmp_path / f"lc{suffix}", geoms, landcover=["forest", "water", "road"], id=[1, 2, 3])
+    class_map = resolve_classes([path], label_column="landcover")
+    assert class_map.values == ("forest", "road", "water")  # sorted when not declared
+    got = _on_image(path, "land-cover", class_map=class_map, label_column="landcover")
+    expect = np.full(SHAPE, IGNORE_INDEX)
+    expect[5:30, 10:40], expect[50:90, 60:110], expect[40:45, :] = 0, 2, 1
+    assert np.array_equal(got, expect)
+    declared = resolve_classes([path], label_column="landcover", classes=["water", "forest", "road", "field"])
+    got = _on_image(path, "land-cover", class_map=declared, label_column="landcover")
+    assert (got[50:90, 60:110] == 0).all() and (got[5:30, 10:40] == 1).all() and (got[40:45] == 2).all()
+
+
+def test_overlapping_polygons_of_two_classes_leave_the_overlap_unlabelled(tmp_path: Path) -> None:
+    path = _write_layer(tmp_path / "lc.gpkg", [_pixel_box(0, 0, 20, 20), _pixel_box(10, 10, 30, 30)], cls=["a", "b"])
+    got = _on_image(path, "land-cover", class_map=ClassMap(("a", "b"), ("a", "b")), label_column="cls")
+    assert (got[10:20, 10:20] == IGNORE_INDEX).all()
+    assert (got[:10, :20] == 0).all() and (got[20:30, 10:30] == 1).all()
+
+
+def test_all_touched_labels_every_pixel_a_geometry_touches(tmp_path: Path) -> None:
+    # Edges 0.4 pixel inside pixels 10 and 20 (rows 5 and 15), and a sliver touching no pixel centre.
+    geoms = [_pixel_box(5.6, 10.6, 15.4, 20.4), _pixel_box(60.1, 0.0, 60.4, 120.0)]
+    path = _write_layer(tmp_path / "lc.geojson", geoms, cls=["a", "b"])
+    class_map = ClassMap(("a", "b"), ("a", "b"))
+    centre = _on_image(path, "land-cover", class_map=class_map, label_column="cls")
+    touched = _on_image(path, "land-cover", class_map=class_map, label_column="cls", all_touched=True)
+    rows, cols = np.nonzero(centre == 0)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (6, 14, 11, 19)  # centres inside
+    rows, cols = np.nonzero(touched == 0)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (5, 15, 10, 20)  # every pixel touched
+    assert not (centre == 1).any() and (touched == 1).sum() == 120  # the sliver: one row, only when touched
+
+
+def test_sparse_points_give_a_few_labelled_pixels_and_chips(tmp_path: Path, image: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, SHAPE[0], 300), rng.integers(0, SHAPE[1], 300)
+    points = [shapely.Point(X0 + 10 * (c + 0.5), Y0 - 10 * (r + 0.5)) for r, c in zip(rows, cols, strict=True)]
+    truth = field_on_grid(height_field, IMAGE_CRS, TRANSFORM, SHAPE)
+    path = _write_layer(tmp_path / "pts.gpkg", points, crs="EPSG:32634", height=truth[rows, cols])
+    got = _on_image(path, "canopy-height", label_column="height")
+    labelled = np.isfinite(got)
+    assert labelled.sum() == len(set(zip(rows.tolist(), cols.tolist(), strict=True)))
+    assert np.allclose(got[rows, cols], truth[rows, cols], atol=1e-4)
+    chips = make_chips([image], [path], task="canopy-height", tile=32, label_column="height")
+    assert chips.labelled().sum() == labelled.sum()
+    kinds = np.digitize(truth[rows, cols], [15.0]).astype(str)
+    path = _write_layer(tmp_path / "cls.gpkg", points, kind=kinds)
+    chips = make_chips([image], [path], task="land-cover", tile=32, label_column="kind", min_labelled=5)
+    assert chips.class_names == ("0", "1") and (chips.labelled().sum(axis=(1, 2)) >= 5).all()
+    for n, (r, c) in enumerate(chips.origins):
+        rr, cc = np.nonzero(chips.labelled()[n])
+        assert np.array_equal(chips.targets[n, rr, cc], (truth[r + rr, c + cc] >= 15.0).astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------- bad inputs
+def test_labels_that_do_not_overlap_the_imagery_are_refused(tmp_path: Path, image: Path) -> None:
+    far = from_origin(X0 + 50_000, Y0, 10, 10)
+    write_field(tmp_path / "far.tif", height_field, IMAGE_CRS, far, SHAPE)
+    with pytest.raises(LabelError, match=r"far.tif: the labels do not overlap the imagery grid .* of image.tif"):
+        make_chips([image], [tmp_path / "far.tif"], task="canopy-height", tile=32)
+    path = _write_layer(tmp_path / "far.gpkg", [shapely.box(X0 + 50_000, Y0 - 100, X0 + 50_100, Y0)], cls=["a"])
+    with pytest.raises(LabelError, match=r"far.gpkg: the labels do not overlap"):
+        make_chips([image], [path], task="land-cover", tile=32, label_column="cls")
+    with pytest.raises(LabelError, match=r"do not overlap"):
+        _on_image(tmp_path / "far.tif", "canopy-height")
+
+
+def test_label_values_outside_the_declared_classes_are_refused(tmp_path: Path, image: Path) -> None:
+    values = field_on_grid(class_field, IMAGE_CRS, TRANSFORM, SHAPE).astype(np.uint8)
+    write_raster(tmp_path / "c.tif", values[None], crs=IMAGE_CRS, transform=TRANSFORM)
+    with pytest.raises(
+        LabelError,
+        match=r"c.tif: label values outside the declared classes: found 30, 40; "
+        r"expected one of 10=a, 20=b",
+    ):
+        make_chips([image], [tmp_path / "c.tif"], task="land-cover", tile=32, classes=["10=a", "20=b"])
+    with pytest.raises(LabelError, match=r"found 40"):
+        _on_image(tmp_path / "c.tif", "land-cover", class_map=ClassMap((10, 20, 30), ("a", "b", "c")))
+    with pytest.raises(LabelError, match=r"raster labels hold numbers.*got 'forest'"):
+        resolve_classes([tmp_path / "c.tif"], classes=["forest"])
+    path = _write_layer(
+        tmp_path / "lc.gpkg", [_pixel_box(0, 0, 9, 9), _pixel_box(20, 20, 29, 29)], cls=["forest", "wetland"]
+    )
+    with pytest.raises(
+        LabelError,
+        match=r"lc.gpkg: label values outside the declared classes: found wetland; "
+        r"expected one of forest, water",
+    ):
+        make_chips([image], [path], task="land-cover", tile=32, label_column="cls", classes=["forest", "water"])
+
+
+def test_a_label_column_that_does_not_exist_lists_the_columns(tmp_path: Path, image: Path) -> None:
+    path = _write_layer(tmp_path / "lc.gpkg", [_pixel_box(0, 0, 9, 9)], cls=["forest"], area=[1.0])
+    with pytest.raises(LabelError, match=r"lc.gpkg: .* it has no column 'class'; columns: cls, area"):
+        make_chips([image], [path], task="land-cover", tile=32, label_column="class")
+    with pytest.raises(LabelError, match=r"lc.gpkg: vector labels need a label column .*no label column was given"):
+        make_chips([image], [path], task="land-cover", tile=32)
+
+
+def test_imagery_band_counts_must_match(tmp_path: Path, image: Path) -> None:
+    other = write_raster(
+        tmp_path / "four.tif", smooth_scene(4, *SHAPE, dtype=np.uint16), crs=IMAGE_CRS, transform=TRANSFORM
+    )
+    write_field(tmp_path / "h.tif", height_field, IMAGE_CRS, TRANSFORM, SHAPE)
+    with pytest.raises(LabelError, match=r"image.tif: expected 4 imagery bands, found 3"):
+        make_chips([image], [tmp_path / "h.tif"], task="canopy-height", tile=32, expected_bands=4)
+    with pytest.raises(LabelError, match=r"four.tif: 4 imagery bands, but image.tif has 3"):
+        make_chips([image, other], [tmp_path / "h.tif"], task="canopy-height", tile=32)
+    norm = Normalization(1.0, (0.0,) * 2, (1.0,) * 2)
+    with pytest.raises(LabelError, match=r"image.tif: the normalisation has 2 bands, the imagery 3"):
+        make_chips([image], [tmp_path / "h.tif"], task="canopy-height", tile=32, normalization=norm)
+
+
+def test_no_chip_with_labels_is_refused(tmp_path: Path, image: Path) -> None:
+    write_raster(
+        tmp_path / "empty.tif", np.full((1, *SHAPE), -1.0, np.float32), crs=IMAGE_CRS, transform=TRANSFORM, nodata=-1.0
+    )
+    with pytest.raises(LabelError, match=r"no chip of 32x32 pixels has 1 or more labelled pixels .*empty.tif"):
+        make_chips([image], [tmp_path / "empty.tif"], task="canopy-height", tile=32)
+    with pytest.raises(LabelError, match=r"empty.tif: no labelled pixel or feature found"):
+        make_chips([image], [tmp_path / "empty.tif"], task="land-cover", tile=32)
+
+
+def test_other_bad_label_files(tmp_path: Path, image: Path) -> None:
+    with pytest.raises(LabelError, match=r"label file not found: .*missing.tif"):
+        make_chips([image], [tmp_path / "missing.tif"], task="canopy-height")
+    write_raster(tmp_path / "two.tif", np.zeros((2, 8, 8), np.float32), crs=IMAGE_CRS, transform=TRANSFORM)
+    with pytest.raises(LabelError, match=r"two.tif: a label raster must have 1 band, found 2"):
+        make_chips([image], [tmp_path / "two.tif"], task="canopy-height")
+    write_raster(tmp_path / "nocrs.tif", np.zeros((1, 8, 8), np.float32), crs=None, transform=TRANSFORM)
+    with pytest.raises(LabelError, match=r"nocrs.tif: label raster has no CRS"):
+        make_chips([image], [tmp_path / "nocrs.tif"], task="canopy-height")
+    (tmp_path / "bad.gpkg").write_text("not a geopackage")
+    with pytest.raises(LabelError, match=r"bad.gpkg: cannot be read as a vector layer"):
+        make_chips([image], [tmp_path / "bad.gpkg"], task="land-cover", label_column="x")
+    frac = np.full((1, *SHAPE), 1.5, np.float32)
+    write_raster(tmp_path / "frac.tif", frac, crs=IMAGE_CRS, transform=TRANSFORM)
+    with pytest.raises(LabelError, match=r"frac.tif: land-cover labels must be whole numbers"):
+        _on_image(tmp_path / "frac.tif", "land-cover", class_map=ClassMap((1,), ("a",)))
+    assert issubclass(LabelError, InputError)  # the CLI reports it in one line with exit status 2
