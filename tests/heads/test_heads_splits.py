@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
@@ -14,7 +15,7 @@ from rasters import smooth_scene, write_raster
 
 from geodino.heads.data.chips import ChipSet
 from geodino.heads.data.pairs import LabelError, make_chips
-from geodino.heads.data.splits import spatial_split
+from geodino.heads.data.splits import spatial_split, split_by_polygons, split_by_source
 
 SHAPE = (160, 192)
 TRANSFORM = from_origin(X0, Y0, 10, 10)
@@ -123,3 +124,64 @@ def test_empty_train_split_names_block_size_and_buffer(chips: ChipSet) -> None:
     assert len(spatial_split(one, block_size=1e6, buffer=5.0)["train"]) == 1  # one block: it trains
     with pytest.raises(LabelError, match="block_size must be > 0"):
         spatial_split(chips, block_size=0.0)
+
+
+def test_split_by_source_holds_out_whole_sources(tmp_path: Path) -> None:
+    a = _chips(tmp_path, "a")
+    images = [
+        tmp_path / "a.tif",
+        write_raster(
+            tmp_path / "b.tif",
+            smooth_scene(2, *SHAPE, seed=1, dtype=np.uint8),
+            crs=IMAGE_CRS,
+            transform=from_origin(X0 + 5000, Y0, 10, 10),
+        ),
+    ]
+    images.append(
+        write_raster(
+            tmp_path / "c.tif",
+            smooth_scene(2, *SHAPE, seed=2, dtype=np.uint8),
+            crs=IMAGE_CRS,
+            transform=from_origin(X0, Y0 - 5000, 10, 10),
+        )
+    )
+    labels = tmp_path / "all_h.tif"
+    big = from_origin(X0, Y0, 10, 10)
+    write_field(labels, height_field, IMAGE_CRS, big, (700, 700), nodata=-1.0)
+    chips = make_chips(images, [labels], task="canopy-height", tile=TILE)
+    assert len(chips.grids) == 3 and len(chips) == 3 * len(a)
+    parts = split_by_source(chips, val=[1], test=[2])
+    assert [set(parts[k].source.tolist()) for k in ("train", "val", "test")] == [{0}, {1}, {2}]
+    assert np.array_equal(parts["train"].images, a.images)
+    with pytest.raises(LabelError, match=r"source indexes \[3\] out of range"):
+        split_by_source(chips, val=[3])
+    with pytest.raises(LabelError, match=r"sources \[1\] are in both val and test"):
+        split_by_source(chips, val=[1], test=[1])
+    with pytest.raises(LabelError, match=r"left no training chip \(sources: a.tif, b.tif, c.tif"):
+        split_by_source(chips, val=[0, 1], test=[2])
+
+
+def test_split_by_polygons_assigns_chips_by_centre(tmp_path: Path, chips: ChipSet) -> None:
+    # Left half train, a val box in the right half, test below it; lon/lat layer over the UTM chips.
+    width, height = 10 * SHAPE[1], 10 * SHAPE[0]
+    geoms = [
+        shapely.box(X0, Y0 - height, X0 + width / 2, Y0),
+        shapely.box(X0 + width / 2, Y0 - height / 2, X0 + width, Y0),
+        shapely.box(X0 + width / 2, Y0 - height, X0 + width, Y0 - height * 3 / 4),
+    ]
+    layer = gpd.GeoDataFrame({"split": ["train", "Val", "test"]}, geometry=geoms, crs=IMAGE_CRS).to_crs("EPSG:4326")
+    layer.to_file(tmp_path / "splits.gpkg")
+    parts = split_by_polygons(chips, tmp_path / "splits.gpkg")
+    centres_x = X0 + 10 * (chips.origins[:, 1] + TILE / 2)
+    centres_y = Y0 - 10 * (chips.origins[:, 0] + TILE / 2)
+    expect_train = centres_x < X0 + width / 2
+    expect_val = ~expect_train & (centres_y > Y0 - height / 2)
+    expect_test = ~expect_train & (centres_y < Y0 - height * 3 / 4)
+    for name, mask in (("train", expect_train), ("val", expect_val), ("test", expect_test)):
+        assert np.array_equal(parts[name].origins, chips.origins[mask]), name
+    assert parts["val"].meta["dropped_outside"] == int((~(expect_train | expect_val | expect_test)).sum()) > 0
+    layer.assign(split=["train", "holdout", "test"]).to_file(tmp_path / "bad.gpkg")
+    with pytest.raises(LabelError, match=r"bad.gpkg: column 'split' must hold train / val / test, found holdout"):
+        split_by_polygons(chips, tmp_path / "bad.gpkg")
+    with pytest.raises(LabelError, match=r"splits.gpkg: .*no column 'fold'; columns: split"):
+        split_by_polygons(chips, tmp_path / "splits.gpkg", column="fold")
