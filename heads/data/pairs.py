@@ -5,8 +5,8 @@ points with a value column). They are brought onto the imagery grid:
 
 * canopy height (float metres): label rasters are reprojected with AVERAGE resampling, nodata and ignore values
   left out of the average (a fine imagery pixel inside one coarse label cell gets that cell's height; a coarse
-  imagery pixel gets the area-weighted mean of the label cells it covers). Unlabelled pixels are NaN; 0 m is a
-  valid height. Vector features carry their height in ``label_column``; where several features cover a pixel it
+  imagery pixel gets the area-weighted mean of the label cells it covers); a pixel less than half labelled
+  (:data:`MIN_LABELLED_AREA`) stays unlabelled. Unlabelled pixels are NaN; 0 m is a valid height. Vector features carry their height in ``label_column``; where several features cover a pixel it
   gets their mean.
 * land cover (class indices 0..K-1 of a :class:`ClassMap`): label rasters are mapped to class indices and
   reprojected with NEAREST resampling; vector layers are reprojected to the grid CRS and rasterised with
@@ -40,6 +40,7 @@ from geodino.raster.normalize import Normalization, default_scale
 from geodino.raster.windows import Window
 
 __all__ = [
+    "MIN_LABELLED_AREA",
     "VECTOR_SUFFIXES",
     "ClassMap",
     "LabelError",
@@ -55,6 +56,8 @@ LabelSpec = str | Path | Sequence[str | Path]
 #: File name endings read as vector layers (geopandas); anything else is read as a raster (rasterio).
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet", ".geoparquet", ".fgb", ".gml", ".kml")
 _PARQUET = (".parquet", ".geoparquet")
+#: Canopy height: a grid pixel keeps an averaged height when at least this fraction of its area is labelled.
+MIN_LABELLED_AREA = 0.5
 _SCAN_ROWS = 1024  # rows per block when scanning a label raster for its values
 _MAX_LISTED = 10  # values / columns named in an error message
 
@@ -394,6 +397,41 @@ def _source_window(ds: Any, grid: _Grid) -> Any:
     return RioWindow(col0, row0, col1 - col0, row1 - row0)
 
 
+def _average_heights(
+    raw: np.ndarray, invalid: np.ndarray, src_transform: Affine, src_crs: Any, grid: _Grid
+) -> np.ndarray:
+    """(h, w) float32 heights on the grid: AVERAGE of the labelled cells, NaN where under half the pixel is labelled.
+
+    GDAL's AVERAGE leaves nodata out of the mean, so a pixel touching a labelled cell by a rounding sliver would get
+    that cell's value. The labelled fraction of each pixel is therefore reprojected too (validity as 1 / 0,
+    AVERAGE, the source bordered by unlabelled cells so the label raster's edge counts as unlabelled), and pixels
+    less than :data:`MIN_LABELLED_AREA` labelled become NaN.
+    """
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    pad = 2
+    src = np.pad(raw.astype(np.float32), pad, constant_values=np.nan)
+    src[pad:-pad, pad:-pad][invalid] = np.nan
+    cover_src = np.isfinite(src).astype(np.float32)
+    src_transform = src_transform @ Affine.translation(-pad, -pad)
+    common = {
+        "src_transform": src_transform,
+        "src_crs": src_crs,
+        "dst_transform": grid.transform,
+        "dst_crs": grid.crs,
+        "resampling": Resampling.average,
+    }
+    heights = np.full(grid.shape, np.nan, dtype=np.float32)
+    # Each grid pixel: the area-weighted mean of the labelled cells it overlaps (a pixel inside one coarser label
+    # cell gets that cell's value).
+    reproject(src, heights, src_nodata=np.nan, dst_nodata=np.nan, **common)
+    cover = np.zeros(grid.shape, dtype=np.float32)
+    reproject(cover_src, cover, **common)
+    heights[cover < MIN_LABELLED_AREA] = np.nan
+    return heights
+
+
 def _raster_on_grid(
     path: str,
     grid: _Grid,
@@ -417,23 +455,7 @@ def _raster_on_grid(
     if task == "canopy-height":
         if raw.dtype.kind not in "biuf":
             raise LabelError(f"{path}: canopy heights must be numbers, found {raw.dtype} values")
-        src = raw.astype(np.float32)
-        src[invalid] = np.nan
-        dst = np.full(grid.shape, np.nan, dtype=np.float32)
-        # AVERAGE: each grid pixel gets the area-weighted mean of the label cells it overlaps, NaN (nodata and
-        # ignore values) left out; a grid pixel inside one coarser label cell gets that cell's value.
-        reproject(
-            src,
-            dst,
-            src_transform=src_transform,
-            src_crs=src_crs,
-            src_nodata=np.nan,
-            dst_transform=grid.transform,
-            dst_crs=grid.crs,
-            dst_nodata=np.nan,
-            resampling=Resampling.average,
-        )
-        return dst
+        return _average_heights(raw, invalid, src_transform, src_crs, grid)
     assert class_map is not None
     if raw.dtype.kind == "f" and not np.all(np.mod(raw[~invalid], 1) == 0):
         raise LabelError(

@@ -99,24 +99,47 @@ def test_classes_from_a_shifted_grid_in_another_crs_agree_away_from_class_edges(
     assert (got == truth).mean() > 0.9  # NEAREST differs only next to class edges
 
 
-def test_coarse_heights_onto_fine_imagery_give_the_covering_cell(tmp_path: Path) -> None:
-    """1 m labels, origin off by (0.3, 0.2) m, onto 0.1 m pixels: a pixel inside one cell gets that cell's value."""
-    fine = from_origin(X0, Y0, 0.1, 0.1)
-    coarse = from_origin(X0 - 0.3, Y0 + 0.2, 1.0, 1.0)
+@pytest.mark.parametrize(
+    ("fine_origin", "coarse_origin"),
+    [((X0, Y0), (X0 - 0.3, Y0 + 0.2)), ((257957.6, 4110508.8), (257958.0, 4110509.0))],  # the second: NEON SJER
+)
+def test_coarse_heights_onto_fine_imagery_give_the_covering_cell(
+    tmp_path: Path, fine_origin: tuple[float, float], coarse_origin: tuple[float, float]
+) -> None:
+    """1 m labels, origin off by a few 0.1 m, onto 0.1 m pixels: a pixel inside one cell gets that cell's value;
+    pixels outside the label raster (or on a nodata cell) stay unlabelled, also where rounding makes them touch."""
+    fine = from_origin(*fine_origin, 0.1, 0.1)
+    coarse = from_origin(*coarse_origin, 1.0, 1.0)
     heights = np.arange(12 * 12, dtype=np.float32).reshape(12, 12) / 4
     heights[5, 5] = -9999.0
     write_raster(tmp_path / "chm.tif", heights[None], crs=IMAGE_CRS, transform=coarse, nodata=-9999.0)
-    got = labels_on_grid(tmp_path / "chm.tif", task="canopy-height", crs=IMAGE_CRS, transform=fine, shape=(100, 100))
-    for row, col in [(0, 0), (7, 3), (8, 4), (50, 50), (51, 77), (99, 99), (47, 57)]:
-        # Hand computation through the two geotransforms: the 1 m cell holding the 0.1 m pixel's centre.
-        x, y = X0 + 0.1 * (col + 0.5), Y0 - 0.1 * (row + 0.5)
-        crow, ccol = int(np.floor((Y0 + 0.2 - y) / 1.0)), int(np.floor((x - (X0 - 0.3)) / 1.0))
-        if (crow, ccol) == (5, 5):
-            assert np.isnan(got[row, col])
-        else:
-            assert got[row, col] == pytest.approx(heights[crow, ccol], abs=1e-5), (row, col)
-    # The offsets are whole 0.1 m pixels, so no fine pixel straddles a cell edge: nodata covers 10 x 10 exactly.
-    assert np.isnan(got).sum() == 100
+    got = labels_on_grid(tmp_path / "chm.tif", task="canopy-height", crs=IMAGE_CRS, transform=fine, shape=(130, 130))
+    rows, cols = np.mgrid[0:130, 0:130]
+    # Hand computation through the two geotransforms: the 1 m cell holding each 0.1 m pixel's centre.
+    x, y = fine.c + 0.1 * (cols + 0.5), fine.f - 0.1 * (rows + 0.5)
+    crow, ccol = np.floor(coarse.f - y).astype(int), np.floor(x - coarse.c).astype(int)
+    inside = (crow >= 0) & (crow < 12) & (ccol >= 0) & (ccol < 12)
+    expect = np.full((130, 130), np.nan, np.float32)
+    expect[inside] = heights[crow[inside], ccol[inside]]
+    expect[expect == -9999.0] = np.nan
+    assert np.array_equal(np.isnan(got), np.isnan(expect))
+    assert np.allclose(got[np.isfinite(got)], expect[np.isfinite(expect)], atol=1e-4)
+    assert np.isnan(got).sum() == 100 + (~inside).sum()  # the nodata cell covers exactly 10 x 10 fine pixels
+    assert (~inside).any()
+
+
+def test_fine_heights_onto_coarse_imagery_average_the_labelled_part(tmp_path: Path) -> None:
+    """1 m labels onto 10 m pixels: the mean of the labelled cells; under half the area labelled -> unlabelled."""
+    heights = np.full((30, 30), 4.0, np.float32)
+    heights[:, 15:] = 8.0
+    heights[10:20, :4] = -1.0  # pixel (1, 0): 40% nodata -> mean of the rest
+    heights[20:30, 10:16] = -1.0  # pixel (2, 1): 60% nodata -> unlabelled
+    write_raster(tmp_path / "h.tif", heights[None], crs=IMAGE_CRS, transform=from_origin(X0, Y0, 1, 1), nodata=-1.0)
+    got = labels_on_grid(
+        tmp_path / "h.tif", task="canopy-height", crs=IMAGE_CRS, transform=from_origin(X0, Y0, 10, 10), shape=(4, 4)
+    )
+    assert got[0].tolist()[:3] == [4.0, pytest.approx(4.0 * 5 / 10 + 8.0 * 5 / 10), 8.0]
+    assert got[1, 0] == 4.0 and np.isnan(got[2, 1]) and np.isnan(got[3]).all() and np.isnan(got[:, 3]).all()
 
 
 def test_label_mosaic_first_labelled_tile_wins(tmp_path: Path) -> None:
