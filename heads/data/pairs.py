@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,8 @@ VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".parquet", ".geoparque
 _PARQUET = (".parquet", ".geoparquet")
 #: Canopy height: a grid pixel keeps an averaged height when at least this fraction of its area is labelled.
 MIN_LABELLED_AREA = 0.5
+#: Rows of imagery whose labels :func:`make_chips` places at a time (a strip of chip rows): bounds its memory.
+STRIP_ROWS = 2048
 _SCAN_ROWS = 1024  # rows per block when scanning a label raster for its values
 _MAX_LISTED = 10  # values / columns named in an error message
 
@@ -203,20 +205,14 @@ def _value_column(gdf: Any, path: str, label_column: str | None) -> Any:
 
 
 def _is_ignored(values: Any, nodata: float | None, ignore_values: Sequence[float | str]) -> np.ndarray:
-    """(N,) bool: label values that mean "no label" (NaN/None, the nodata value, an ignore value)."""
+    """(N,) bool: label values that mean "no label" (missing, NaN, the nodata value, an ignore value)."""
     import pandas as pd
 
     series = pd.Series(values)
     out = series.isna().to_numpy()
     drop = {_key(v) for v in ignore_values} | ({_key(nodata)} if nodata is not None else set())
     if drop:
-        out |= np.asarray(
-            [
-                _key(v) in drop if not isinstance(v, float) or math.isfinite(v) else True
-                for v in series.where(~series.isna(), 0)
-            ],
-            dtype=bool,
-        )
+        out |= np.asarray([not missing and _key(v) in drop for v, missing in zip(series, out, strict=True)], bool)
     return out
 
 
@@ -479,21 +475,15 @@ def _raster_on_grid(
     return dst.astype(np.int64)
 
 
-def _vector_on_grid(
+def _prepare_layer(
     gdf: Any,
     path: str,
-    grid: _Grid,
-    task: Task,
-    class_map: ClassMap | None,
+    crs: Any,
     label_column: str | None,
     nodata: float | None,
     ignore_values: Sequence[float | str],
-    all_touched: bool,
-) -> np.ndarray | None:
-    """A vector layer rasterised onto the grid, or None when no feature reaches the grid."""
-    from rasterio.enums import MergeAlg
-    from rasterio.features import rasterize
-
+) -> Any:
+    """The labelled features of a layer (no null / empty geometry, no nodata or ignored value) in ``crs``."""
     values = _value_column(gdf, path, label_column)
     if gdf.crs is None:
         raise LabelError(f"{path}: vector labels have no CRS; labels are placed on the imagery through their CRS")
@@ -501,9 +491,24 @@ def _vector_on_grid(
     layer = gdf[keep]
     layer = layer[~layer.geometry.is_empty]
     try:
-        layer = layer.to_crs(grid.crs)
+        return layer.to_crs(crs)
     except Exception as exc:
         raise LabelError(f"{path}: cannot reproject the labels into the imagery CRS: {exc}") from exc
+
+
+def _rasterize_layer(
+    layer: Any,
+    path: str,
+    grid: _Grid,
+    task: Task,
+    class_map: ClassMap | None,
+    label_column: str | None,
+    all_touched: bool,
+) -> np.ndarray | None:
+    """A prepared layer (in the grid's CRS) rasterised onto the grid, or None when no feature reaches the grid."""
+    from rasterio.enums import MergeAlg
+    from rasterio.features import rasterize
+
     left, bottom, right, top = grid.bounds()
     layer = layer.cx[left:right, bottom:top]
     if layer.empty:
@@ -537,7 +542,8 @@ def _vector_on_grid(
 
 
 class _Labels:
-    """A label spec opened once: rasters (read per grid) or a vector layer (read now)."""
+    """A label spec opened once: rasters (read per grid window) or a vector layer (read now, reprojected once per
+    CRS)."""
 
     def __init__(self, spec: LabelSpec, *, label_column: str | None):
         self.paths, self.vector = _label_paths(spec)
@@ -545,6 +551,27 @@ class _Labels:
         if self.gdf is not None:
             _value_column(self.gdf, self.paths[0], label_column)
         self.name = ", ".join(self.paths)
+        self._layers: dict[tuple[Any, ...], Any] = {}
+
+    def extent(self) -> str:
+        """The labels' bounds with their CRS, for messages."""
+        if self.gdf is not None:
+            return f"{_fmt_bounds(tuple(self.gdf.total_bounds))} in {_crs_text(self.gdf.crs)}"
+        import rasterio
+
+        parts = []
+        for path in self.paths:
+            with rasterio.open(path) as ds:
+                parts.append(f"{_fmt_bounds(tuple(ds.bounds))} in {_crs_text(ds.crs)}")
+        return "; ".join(parts)
+
+    def _layer(
+        self, crs: Any, label_column: str | None, nodata: float | None, ignore_values: Sequence[float | str]
+    ) -> Any:
+        key = (crs.to_wkt(), label_column, nodata, tuple(ignore_values))
+        if key not in self._layers:
+            self._layers[key] = _prepare_layer(self.gdf, self.paths[0], crs, label_column, nodata, ignore_values)
+        return self._layers[key]
 
     def on_grid(
         self,
@@ -557,12 +584,16 @@ class _Labels:
         ignore_values: Sequence[float | str],
         all_touched: bool,
     ) -> np.ndarray:
+        """(h, w) targets on the grid (see :func:`labels_on_grid`).
+
+        Raises:
+            _NoOverlapError: No label file reaches the grid.
+        """
         if task == "land-cover" and class_map is None:
             raise LabelError("land-cover labels need a class map (see resolve_classes)")
         if self.vector:
-            got = _vector_on_grid(
-                self.gdf, self.paths[0], grid, task, class_map, label_column, nodata, ignore_values, all_touched
-            )
+            layer = self._layer(grid.crs, label_column, nodata, ignore_values)
+            got = _rasterize_layer(layer, self.paths[0], grid, task, class_map, label_column, all_touched)
             parts = [] if got is None else [got]
         else:
             parts = [
@@ -583,7 +614,7 @@ class _Labels:
 
 
 def _fmt_bounds(b: tuple[float, float, float, float]) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
+    return "(" + ", ".join(f"{v:.10g}" for v in b) + ")"
 
 
 def _crs_text(crs: Any) -> str:
@@ -689,28 +720,57 @@ def _open_image(image: Any, *, stack: bool, bands: Sequence[int | str] | None) -
 
 
 def _chips_of_source(
-    src: Any, target: np.ndarray, *, task: Task, normalization: Normalization, tile: int, stride: int, min_labelled: int
-) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
-    """The chips of one imagery source: normalised images, targets and origins of chips with enough labels."""
+    src: Any,
+    target_of: Callable[[Window], np.ndarray],
+    *,
+    task: Task,
+    normalization: Normalization,
+    tile: int,
+    stride: int,
+    min_labelled: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]], bool]:
+    """The chips of one imagery source: normalised images, targets and origins of chips with enough labels.
+
+    Labels are placed strip by strip (chip rows spanning about :data:`STRIP_ROWS` rows), so memory stays bounded
+    by a strip, not the raster.
+
+    Args:
+        src: The imagery source.
+        target_of: (h, w) targets of a window lying inside the raster; raises _NoOverlapError when no label
+            reaches it.
+
+    Returns:
+        (images, targets, origins, reached): ``reached`` is False when no label reached any strip.
+    """
     from geodino.raster.plan import PatchGrid
 
     grid = PatchGrid(src.height, src.width, patch=tile, stride=stride)
     rows, cols = grid.row_origins(), grid.col_origins()
-    counts = _window_counts(_has_label(task, target), rows, cols, tile)
+    per_strip = max(1, (STRIP_ROWS - tile) // stride + 1)
     images, targets, origins = [], [], []
-    padded = _unlabelled(task, (int(rows[-1]) + tile, int(cols[-1]) + tile))
-    padded[: src.height, : src.width] = target  # targets outside the raster stay unlabelled
-    for i, j in zip(*np.nonzero(counts >= min_labelled), strict=True):
-        r, c = int(rows[i]), int(cols[j])
-        data, valid = src.read(Window(r, c, tile, tile), fill="reflect")
-        chip_target = padded[r : r + tile, c : c + tile].copy()
-        chip_target[~valid] = np.nan if task == "canopy-height" else IGNORE_INDEX  # imagery nodata: no target
-        if int(_has_label(task, chip_target).sum()) < min_labelled:
+    reached = False
+    for start in range(0, len(rows), per_strip):
+        strip = rows[start : start + per_strip]
+        top, bottom = int(strip[0]), min(int(strip[-1]) + tile, src.height)
+        try:
+            target = target_of(Window(top, 0, bottom - top, src.width))
+        except _NoOverlapError:
             continue
-        images.append(normalization.apply(data, valid, in_place=True))
-        targets.append(chip_target)
-        origins.append((r, c))
-    return images, targets, origins
+        reached = True
+        padded = _unlabelled(task, (int(strip[-1]) + tile - top, int(cols[-1]) + tile))
+        padded[: bottom - top, : src.width] = target  # targets outside the raster stay unlabelled
+        counts = _window_counts(_has_label(task, padded), strip - top, cols, tile)
+        for i, j in zip(*np.nonzero(counts >= min_labelled), strict=True):
+            r, c = int(strip[i]), int(cols[j])
+            data, valid = src.read(Window(r, c, tile, tile), fill="reflect")
+            chip_target = padded[r - top : r - top + tile, c : c + tile].copy()
+            chip_target[~valid] = np.nan if task == "canopy-height" else IGNORE_INDEX  # imagery nodata: no target
+            if int(_has_label(task, chip_target).sum()) < min_labelled:
+                continue
+            images.append(normalization.apply(data, valid, in_place=True))
+            targets.append(chip_target)
+            origins.append((r, c))
+    return images, targets, origins, reached
 
 
 def make_chips(
@@ -817,12 +877,14 @@ def make_chips(
                     f"{name}: imagery of dtype {src.dtype}, but {_image_name(images[0])} is {first[2]}: their raw "
                     "values are on different scales (give a normalization)"
                 )
-            grid = _Grid(src.crs, src.transform, src.shape)
             if src.crs is None:
                 raise LabelError(f"{name}: imagery has no CRS; labels are placed on it through CRS + transform")
             spec = opened[0 if len(opened) == 1 else i]
-            try:
-                target = spec.on_grid(
+            base = _Grid(src.crs, src.transform, src.shape)
+
+            def target_of(window: Window, spec: _Labels = spec, base: _Grid = base) -> np.ndarray:
+                grid = _Grid(base.crs, base.transform @ Affine.translation(window.col, window.row), window.shape)
+                return spec.on_grid(
                     grid,
                     task=task,
                     class_map=class_map,
@@ -831,14 +893,25 @@ def make_chips(
                     ignore_values=ignore_values,
                     all_touched=all_touched,
                 )
-            except _NoOverlapError as exc:
+
+            chips, targets, origins, reached = _chips_of_source(
+                src,
+                target_of,
+                task=task,
+                normalization=normalization,
+                tile=tile,
+                stride=stride,
+                min_labelled=min_labelled,
+            )
+            if not reached:
+                message = (
+                    f"{spec.name}: the labels (bounds {spec.extent()}) do not overlap the imagery grid of {name} "
+                    f"(bounds {_fmt_bounds(base.bounds())} in {_crs_text(base.crs)})"
+                )
                 if not shared:
-                    raise _NoOverlapError(f"{exc} of {name}") from None
+                    raise _NoOverlapError(message)
                 skipped.append(name)
                 continue
-            chips, targets, origins = _chips_of_source(
-                src, target, task=task, normalization=normalization, tile=tile, stride=stride, min_labelled=min_labelled
-            )
             grids.append(GridRef(name, src.crs.to_wkt(), tuple(src.transform)[:6], src.shape))
             all_images += chips
             all_targets += targets

@@ -22,6 +22,7 @@ from rasterio.transform import from_origin
 from rasters import smooth_scene, write_raster
 
 from geodino.errors import InputError
+from geodino.heads.data import pairs
 from geodino.heads.data.chips import IGNORE_INDEX
 from geodino.heads.data.pairs import ClassMap, LabelError, labels_on_grid, make_chips, resolve_classes
 from geodino.raster.normalize import Normalization
@@ -321,10 +322,14 @@ def test_sparse_points_give_a_few_labelled_pixels_and_chips(tmp_path: Path, imag
 def test_labels_that_do_not_overlap_the_imagery_are_refused(tmp_path: Path, image: Path) -> None:
     far = from_origin(X0 + 50_000, Y0, 10, 10)
     write_field(tmp_path / "far.tif", height_field, IMAGE_CRS, far, SHAPE)
-    with pytest.raises(LabelError, match=r"far.tif: the labels do not overlap the imagery grid .* of image.tif"):
+    with pytest.raises(
+        LabelError,
+        match=r"far.tif: the labels \(bounds \(550000, 4099040, 551200, 4100000\) in EPSG:32633\) do not "
+        r"overlap the imagery grid of image.tif \(bounds \(500000, 4099040, 501200, 4100000\)",
+    ):
         make_chips([image], [tmp_path / "far.tif"], task="canopy-height", tile=32)
     path = _write_layer(tmp_path / "far.gpkg", [shapely.box(X0 + 50_000, Y0 - 100, X0 + 50_100, Y0)], cls=["a"])
-    with pytest.raises(LabelError, match=r"far.gpkg: the labels do not overlap"):
+    with pytest.raises(LabelError, match=r"far.gpkg: the labels \(bounds .* in EPSG:4326\) do not overlap"):
         make_chips([image], [path], task="land-cover", tile=32, label_column="cls")
     with pytest.raises(LabelError, match=r"do not overlap"):
         _on_image(tmp_path / "far.tif", "canopy-height")
@@ -403,3 +408,22 @@ def test_other_bad_label_files(tmp_path: Path, image: Path) -> None:
     with pytest.raises(LabelError, match=r"frac.tif: land-cover labels must be whole numbers"):
         _on_image(tmp_path / "frac.tif", "land-cover", class_map=ClassMap((1,), ("a",)))
     assert issubclass(LabelError, InputError)  # the CLI reports it in one line with exit status 2
+
+
+@pytest.mark.parametrize("strip_rows", [32, 70])
+def test_labels_placed_strip_by_strip_give_the_same_chips(
+    tmp_path: Path, image: Path, monkeypatch: pytest.MonkeyPatch, strip_rows: int
+) -> None:
+    transform, shape = covering_grid(TRANSFORM, SHAPE, "EPSG:32634", 7.0, shift=0.37, margin=35.0)
+    write_field(tmp_path / "h.tif", height_field, "EPSG:32634", transform, shape, nodata=-9999.0)
+    path = _write_layer(tmp_path / "lc.gpkg", [_pixel_box(5, 10, 30, 40), _pixel_box(50, 60, 90, 110)], cls=["a", "b"])
+    whole_h = make_chips([image], [tmp_path / "h.tif"], task="canopy-height", tile=32, stride=16)
+    whole_c = make_chips([image], [path], task="land-cover", tile=32, stride=16, label_column="cls")
+    monkeypatch.setattr(pairs, "STRIP_ROWS", strip_rows)
+    strips_h = make_chips([image], [tmp_path / "h.tif"], task="canopy-height", tile=32, stride=16)
+    strips_c = make_chips([image], [path], task="land-cover", tile=32, stride=16, label_column="cls")
+    for whole, strips in ((whole_h, strips_h), (whole_c, strips_c)):
+        assert np.array_equal(whole.origins, strips.origins)
+        assert np.array_equal(whole.targets, strips.targets, equal_nan=True)
+        assert np.array_equal(whole.images, strips.images)
+    assert len(whole_c) < len(whole_h)
