@@ -69,8 +69,9 @@ def test_heights_on_the_imagery_grid_are_read_exactly(tmp_path: Path) -> None:
 def test_heights_from_a_shifted_grid_in_another_crs_match_within_resampling_tolerance(tmp_path: Path, crs: str) -> None:
     """UTM 34N (rotated ~3.6 deg from 33N here) at 10 m, or lon/lat at ~1e-4 deg, origin off by 0.37 pixel.
 
-    Tolerance: AVERAGE resampling blends the label cells a pixel overlaps; for this field (amplitude 10 m,
-    wavelength >= 800 m) that moves a pixel by at most ~0.3 m, 0.1 m on average."""
+    Tolerance: AVERAGE blends the label cells a pixel overlaps, a smoothing over about one pixel; for this field
+    (amplitude 10 m, wavelengths >= 800 m) curvature bounds that by 10 m * (2 pi 10 / 800)^2 / 2 ~ 0.03 m. Measured:
+    max 0.023 / 0.035 m, mean 0.008 / 0.012 m (UTM 34N / lon-lat); asserted: max < 0.1 m, mean < 0.03 m."""
     res = 10.0 if crs == "EPSG:32634" else 1e-4
     margin = 5 * res
     transform, shape = covering_grid(TRANSFORM, SHAPE, crs, res, shift=0.37, margin=margin)
@@ -79,7 +80,7 @@ def test_heights_from_a_shifted_grid_in_another_crs_match_within_resampling_tole
     got = _on_image(tmp_path / "h.tif", "canopy-height")
     assert np.isfinite(got).all()
     error = np.abs(got - truth)
-    assert error.max() < 0.5 and error.mean() < 0.15, (error.max(), error.mean())
+    assert error.max() < 0.1 and error.mean() < 0.03, (error.max(), error.mean())
     # Index alignment would be badly wrong: the label array's pixel (i, j) is elsewhere on the ground.
     written = field_on_grid(height_field, crs, transform, shape)
     assert np.abs(written[: SHAPE[0], : SHAPE[1]] - truth).mean() > 1.0
