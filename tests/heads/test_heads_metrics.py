@@ -270,7 +270,7 @@ def test_metrics_and_reports_import_no_torch_and_no_matplotlib() -> None:
     import sys
 
     code = (
-        "import sys, geodino.heads.metrics, geodino.heads.report; "
+        "import sys, geodino.heads.metrics, geodino.heads.report, geodino.heads.plots; "
         "heavy = sorted(m for m in ('torch', 'matplotlib', 'xarray') if m in sys.modules); "
         "assert not heavy, heavy"
     )

@@ -132,3 +132,47 @@ def test_report_of_an_empty_evaluation_is_refused() -> None:
     with pytest.raises(ValueError, match="no valid pixel"):
         canopy_height_report(pred, truth, np.zeros(truth.shape, bool))
     assert math.isnan(canopy_height_report(pred[:40, :40], truth[:40, :40])["block_r2"])  # no whole block
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures (matplotlib Figure objects: Agg, no pyplot state).
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
+
+
+def test_canopy_height_figures(tmp_path: Path) -> None:
+    from geodino.heads.report import canopy_height_figures
+
+    pred, truth = _canopy()
+    valid = np.isfinite(pred)
+    paths = canopy_height_figures(pred, truth, tmp_path / "a", valid=valid)
+    assert [p.name for p in paths] == ["canopy_height_maps.png", "canopy_height_scatter.png"]
+    maps, scatter = (_png(p) for p in paths)
+    assert maps.shape == (480, 1600, 3) and scatter.shape == (560, 640, 3)
+    for image in (maps, scatter):
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 50  # drawn content, not a blank canvas
+    again = canopy_height_figures(pred, truth, tmp_path / "b", valid=valid)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]  # same inputs, same files
+    with pytest.raises(ValueError, match="NaN or infinite prediction"):
+        canopy_height_figures(pred, truth, tmp_path / "c", valid=np.ones(truth.shape, bool))
+
+
+def test_land_cover_figures(tmp_path: Path) -> None:
+    from geodino.heads.report import land_cover_figures
+
+    pred, truth, valid = _land_cover()
+    colours = [(0, 100, 0), (150, 220, 90), (230, 200, 40), (0, 0, 255)]
+    names = ["forest", "grass", "crops", "water"]
+    paths = land_cover_figures(pred, truth, names, colours, tmp_path, valid=valid)
+    assert [p.name for p in paths] == ["land_cover_maps.png", "land_cover_confusion.png"]
+    maps, confusion = (_png(p) for p in paths)
+    assert maps.shape == (560, 1300, 3)
+    present = {tuple(c) for c in np.unique(maps.reshape(-1, 3), axis=0).tolist()}
+    assert set(colours) <= present  # map pixels (and the legend, for water) in the class colours
+    assert confusion.shape[0] > 300 and confusion.shape[1] > 300
+    with pytest.raises(ValueError, match=r"truth holds values \[255\]"):
+        land_cover_figures(pred, truth, names, colours, tmp_path / "x")  # nodata must be masked
