@@ -11,6 +11,8 @@ The validity rule, shared by every function here:
 - ``valid`` given: exactly the pixels where it is True count, and every one of them must hold a finite truth and
   a finite prediction; a NaN or inf there is an error (it would otherwise be dropped silently, or poison the sums).
 - 0 is a valid value (0 m canopy is a height, class 0 a class); nodata is never inferred from a value.
+- A counted value of magnitude above ``SENTINEL`` (1e30) is refused: it is a nodata sentinel such as the
+  -3.4e38 of float canopy-height rasters that was not masked out, and would swamp every metric silently.
 
 Each metric has an accumulator (``update`` per chunk, ``result``) so a whole mapped area is evaluated chunk by
 chunk in bounded memory; the one-shot functions are a single ``update`` of the same accumulators, so the two
@@ -39,6 +41,8 @@ __all__ = [
 #: CHMv1's block side in pixels and the border cropped off the map before blocking (issue 9 item 4).
 BLOCK = 50
 CROP = 3
+#: Values beyond this magnitude are nodata sentinels (float32 rasters' -3.4e38), never data.
+SENTINEL = 1e30
 #: A block counts in block-R² when at least this fraction of its pixels is valid (see :func:`block_r2`).
 MIN_BLOCK_VALID = 0.5
 
@@ -82,6 +86,17 @@ def valid_mask(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = N
     return valid
 
 
+def _refuse_sentinels(values: np.ndarray, what: str) -> None:
+    """Raise if counted values hold a nodata sentinel (|v| > SENTINEL)."""
+    if np.issubdtype(values.dtype, np.floating) and values.size:
+        big = np.abs(values) > SENTINEL
+        if big.any():
+            raise ValueError(
+                f"{int(big.sum())} counted {what} values are nodata sentinels (e.g. {values[big][0]:.4g}, beyond "
+                f"±{SENTINEL:g}); mask the raster's nodata out with `valid`"
+            )
+
+
 def _finite(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.inexact):
         return np.isfinite(a)
@@ -115,6 +130,8 @@ class RegressionAccumulator:
         mask = valid_mask(pred, truth, valid)
         p = np.asarray(pred)[mask].astype(np.float64)
         t = np.asarray(truth)[mask].astype(np.float64)
+        _refuse_sentinels(p, "prediction")
+        _refuse_sentinels(t, "truth")
         nb = t.size
         if nb == 0:
             return self
@@ -228,10 +245,14 @@ class BlockR2Accumulator:
         keep = mask & inside_y[:, None] & inside_x[None, :]
         ys, xs = np.nonzero(keep)
         index = by[ys] * self.grid[1] + bx[xs]
+        p = np.asarray(pred)[ys, xs].astype(np.float64)
+        t = np.asarray(truth)[ys, xs].astype(np.float64)
+        _refuse_sentinels(p, "prediction")
+        _refuse_sentinels(t, "truth")
         nb = self.count.size
         self.count += np.bincount(index, minlength=nb)
-        self.sum_pred += np.bincount(index, weights=np.asarray(pred)[ys, xs].astype(np.float64), minlength=nb)
-        self.sum_truth += np.bincount(index, weights=np.asarray(truth)[ys, xs].astype(np.float64), minlength=nb)
+        self.sum_pred += np.bincount(index, weights=p, minlength=nb)
+        self.sum_truth += np.bincount(index, weights=t, minlength=nb)
         return self
 
     def block_means(self) -> tuple[np.ndarray, np.ndarray]:

@@ -275,3 +275,13 @@ def test_metrics_and_reports_import_no_torch_and_no_matplotlib() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unmasked_nodata_sentinels_are_refused() -> None:
+    truth = np.ones((60, 60), np.float32)
+    truth[0, 0] = -3.4e38  # a float CHM's nodata value, finite, so valid=None alone would count it
+    with pytest.raises(ValueError, match=r"1 counted truth values are nodata sentinels \(e.g. -3.4e\+38"):
+        regression_metrics(np.ones((60, 60)), truth)
+    with pytest.raises(ValueError, match="prediction values are nodata sentinels"):
+        block_r2(truth[::-1], np.ones((60, 60)), block=10, crop=0)
+    assert regression_metrics(np.ones((60, 60)), truth, truth > -1e38)["n_pixels"] == 3599

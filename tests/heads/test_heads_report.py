@@ -176,3 +176,43 @@ def test_land_cover_figures(tmp_path: Path) -> None:
     assert confusion.shape[0] > 300 and confusion.shape[1] > 300
     with pytest.raises(ValueError, match=r"truth holds values \[255\]"):
         land_cover_figures(pred, truth, names, colours, tmp_path / "x")  # nodata must be masked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real lidar canopy-height model (../shared/data; skipped when absent).
+
+DATA = Path(__file__).parents[3] / "shared" / "data"
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"shared rasters not found at {DATA}")
+def test_report_on_the_neon_chm_counts_open_ground_and_refuses_unmasked_nodata(tmp_path: Path) -> None:
+    """JERC's 1 m CHM as truth, a 3 x 3 box-blurred copy as the "prediction" (a model that smooths crowns)."""
+    import rasterio
+
+    with rasterio.open(DATA / "neon" / "JERC_049_chm.tif") as ds:
+        truth, nodata = ds.read(1), ds.nodata
+    assert nodata is not None and nodata < -1e38
+    ground = truth == 0
+    assert ground.sum() > 100  # open ground: 0 m heights, which must count
+    padded = np.pad(truth.astype(np.float64), 1, mode="edge")
+    pred = sum(padded[i : i + 40, j : j + 40] for i in range(3) for j in range(3)) / 9
+    report = canopy_height_report(pred, truth)
+    t = truth.astype(np.float64)
+    e = pred - t
+    assert report["n_pixels"] == truth.size == 1600
+    assert report["mae"] == pytest.approx(np.abs(e).mean(), rel=1e-9)
+    assert report["rmse"] == pytest.approx(np.sqrt((e**2).mean()), rel=1e-9)
+    assert report["r2"] == pytest.approx(1 - (e**2).sum() / ((t - t.mean()) ** 2).sum(), rel=1e-9)
+    assert math.isnan(report["block_r2"])  # 40 px: no whole 50 px block
+    # The same map with its nodata value written into a corner: refused unless masked.
+    holes = truth.copy()
+    holes[:3, :3] = nodata
+    with pytest.raises(ValueError, match="9 counted truth values are nodata sentinels"):
+        canopy_height_report(pred, holes)
+    masked = canopy_height_report(pred, holes, holes != nodata)
+    assert masked["n_pixels"] == 1600 - 9
+    from geodino.heads.report import canopy_height_figures
+
+    paths = canopy_height_figures(pred, holes, tmp_path, valid=holes != nodata)  # the sentinel never reaches a plot
+    assert all(p.stat().st_size > 10_000 for p in paths)
