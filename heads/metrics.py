@@ -281,9 +281,11 @@ def block_r2(
     crop: int = CROP,
     min_valid: float = MIN_BLOCK_VALID,
 ) -> float:
-    """Block-R² of a canopy-height map, as CHMv1 reports it (issue 9 item 4: "block-R² (50 px blocks after a 3 px
-    border crop, as CHMv1)"; published figures in ``dinov3-reference.md`` §4; ``dpt-chmv2-reference.md`` states
-    no block-R² definition).
+    """Block-R² of a canopy-height map: the R² of 50 x 50 px block means after a 3 px border crop, as CHMv1.
+
+    Sources: issue 9 item 4 ("block-R² (50 px blocks after a 3 px border crop, as CHMv1)"); the published CHMv1
+    figures are quoted in ``dinov3-reference.md`` §4 (block-R² 0.37-0.70); ``dpt-chmv2-reference.md`` gives no
+    block-R² definition, so the details below (partial blocks, masks) are this implementation's choices.
 
     Steps: crop ``crop`` pixels off each side of the (h, w) map; tile the rest into ``block`` x ``block`` blocks
     from its top-left corner, leaving out the incomplete blocks at the bottom and right; average prediction and
