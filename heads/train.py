@@ -183,10 +183,9 @@ def param_groups(model: DenseModel, config: HeadTrainConfig) -> list[dict[str, A
     if config.finetune:
         depth = len(model.backbone.blocks)
         top = config.backbone_lr if config.backbone_lr is not None else config.lr
-        for name, p in model.backbone.named_parameters():
-            if p.requires_grad:
-                lr = top * config.layer_decay ** (depth + 1 - _backbone_layer(name, depth))
-                entries.append((f"backbone.{name}", p, lr))
+        for name, p in model.backbone.named_parameters():  # all of them: fit_head unfreezes the backbone
+            lr = top * config.layer_decay ** (depth + 1 - _backbone_layer(name, depth))
+            entries.append((f"backbone.{name}", p, lr))
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, p, lr in entries:
         wd = 0.0 if _no_decay(name, p) else config.weight_decay
@@ -493,6 +492,9 @@ def _fit(
                 "stopped": stopped,
             }
             history.append(row)
+            if ckpt_dir is not None:
+                _write_checkpoints(ckpt_dir, model, optimizer, config, epoch, history, best_state, best_metric,
+                                   best_epoch, bad_epochs, better)  # fmt: skip
             say(
                 f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}"
                 + (f", val loss {val_loss:.4f}, val metric {metric:.4f}" if val is not None else "")
@@ -501,9 +503,6 @@ def _fit(
                 + (" (best)" if better else "")
                 + (f"; no better epoch in {bad_epochs}: stopping" if stopped else "")
             )
-            if ckpt_dir is not None:
-                _write_checkpoints(ckpt_dir, model, optimizer, config, epoch, history, best_state, best_metric,
-                                   best_epoch, bad_epochs, better)  # fmt: skip
     finally:  # the backbone leaves as it came (a frozen model stays frozen after fine-tuning)
         model.freeze_backbone = was_frozen
         model.backbone.requires_grad_(not was_frozen)

@@ -180,3 +180,115 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert values[:3] == [0.0, 0.5, 1.0]
     assert all(a > b for a, b in itertools.pairwise(values[2:]))
     assert lr_factor(10, 10, 2) == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------------- stopping and checkpoints
+class StopRunError(Exception):
+    """Raised by a log callback to cut a run short."""
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path) -> None:
+    train, val = synthetic_chips("land-cover", 8, seed=0), synthetic_chips("land-cover", 4, seed=1)
+    calls = []
+
+    def worse_each_epoch(pred, target):  # epoch 1 is the best, then the metric only rises
+        calls.append(pred.shape)
+        return float(len(calls))
+
+    config = quick(epochs=10, patience=2, checkpoint_dir=tmp_path / "ck", progress=True)
+    result = fit_head(land_cover_model(), train, val, config, val_metric=worse_each_epoch, higher_is_better=False)
+    assert result.stopped_early and len(result.history) == 3 and result.history[-1]["stopped"]
+    assert result.best_epoch == 1 and result.best_metric == 1.0
+    assert calls[0] == (4, 32, 32)  # decoded class maps of the whole validation set
+    best = torch.load(tmp_path / "ck" / "best.pt", weights_only=True)
+    assert best["epoch"] == 1
+    for key, value in best["state_dict"].items():
+        assert torch.equal(result.model.head.state_dict()[key], value), key
+    last = torch.load(tmp_path / "ck" / "last.pt", weights_only=True)
+    assert not torch.equal(last["model"]["conv.weight"], best["state_dict"]["conv.weight"])
+    # resuming a run that stopped does not train again
+    again = fit_head(land_cover_model(), train, val, config, val_metric=worse_each_epoch, higher_is_better=False)
+    assert len(calls) == 3 and again.best_epoch == 1 and len(again.history) == 3
+    assert torch.equal(again.model.head.conv.weight, best["state_dict"]["conv.weight"])
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path) -> None:
+    train, val = synthetic_chips("land-cover", 8, seed=0), synthetic_chips("land-cover", 4, seed=1)
+    whole = fit_head(land_cover_model(), train, val, quick(epochs=4, augment="d4"), log=None)
+    config = quick(epochs=4, augment="d4", checkpoint_dir=tmp_path / "ck", cache="disk", cache_dir=tmp_path / "fc")
+
+    def stop_after_two(line: str) -> None:
+        if line.startswith("epoch 2/"):
+            raise StopRunError
+
+    with pytest.raises(StopRunError):
+        fit_head(land_cover_model(), train, val, config, log=stop_after_two)
+    lines: list[str] = []
+    resumed = fit_head(land_cover_model(), train, val, config, log=lines.append)
+    assert lines[0].startswith("resumed from") and "after epoch 2" in lines[0]
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3, 4]
+    assert resumed.best_epoch == whole.best_epoch
+    for key, value in whole.model.head.state_dict().items():
+        assert torch.equal(resumed.model.head.state_dict()[key], value), key
+    with pytest.raises(TrainError, match=r"another training configuration \(lr: 0\.03 in the checkpoint, 0\.01 now"):
+        fit_head(land_cover_model(), train, val, quick(epochs=4, augment="d4", lr=0.01, checkpoint_dir=tmp_path / "ck"))
+
+
+# -------------------------------------------------------------------------------------------- cache modes
+def test_disk_cache_serves_a_second_fit_without_backbone_calls(tmp_path) -> None:
+    train, val = synthetic_chips("canopy-height", 8, seed=0), synthetic_chips("canopy-height", 4, seed=1)
+    config = quick(epochs=2, augment=None, cache="disk", cache_dir=tmp_path / "fc")
+    first = fit_head(canopy_model(), train, val, config, log=None)
+    assert len(list((tmp_path / "fc").glob("*.feat.pt"))) == 12 and first.cache["misses"] == 12
+    model = canopy_model()
+    calls = count_backbone_calls(model)
+    second = fit_head(model, train, val, config, log=None)
+    assert calls[0] == 0 and second.cache["misses"] == 0 and second.cache["hits"] == 24
+    for key, value in first.model.head.state_dict().items():
+        assert torch.equal(second.model.head.state_dict()[key], value), key
+    # other chips under the same directory: recomputed, never read from the old entries
+    other = synthetic_chips("canopy-height", 8, seed=5)
+    third = fit_head(canopy_model(), other, val, config, log=None)
+    assert third.cache["misses"] == 12
+
+
+def test_cache_size_bound_in_a_fit(tmp_path) -> None:
+    train = synthetic_chips("land-cover", 8, seed=0)
+    free = fit_head(land_cover_model(), train, None, quick(epochs=3, augment=None), log=None)
+    entry = free.cache["bytes"] // free.cache["entries"]
+    bounded = fit_head(
+        land_cover_model(), train, None, quick(epochs=3, augment=None, cache_max_bytes=3 * entry), log=None
+    )
+    assert bounded.cache["entries"] == 3 and bounded.cache["bytes"] <= 3 * entry
+    assert bounded.cache["misses"] == 8 + 2 * 5 and bounded.cache["uncached"] == 5 + 2 * 5
+    # the same training up to float rounding: recomputed entries run through the backbone in smaller batches
+    for key, value in free.model.head.state_dict().items():
+        torch.testing.assert_close(bounded.model.head.state_dict()[key], value, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ finetune
+def test_finetune_uses_layer_wise_decayed_lrs() -> None:
+    from geodino.heads.train import param_groups
+
+    train = synthetic_chips("land-cover", 8, seed=0)
+    model = land_cover_model()
+    config = quick(epochs=2, finetune=True, lr=0.1, backbone_lr=0.01, layer_decay=0.5)
+    groups = param_groups(model, config)
+    lr_of = {name: g["base_lr"] for g in groups for name in g["names"]}
+    depth = 2
+    assert lr_of["head.conv.weight"] == pytest.approx(0.1)
+    assert lr_of["backbone.patch_embed.proj.weight"] == pytest.approx(0.01 * 0.5 ** (depth + 1))
+    assert lr_of["backbone.blocks.0.attn.qkv.weight"] == pytest.approx(0.01 * 0.5**depth)
+    assert lr_of["backbone.blocks.1.attn.qkv.weight"] == pytest.approx(0.01 * 0.5)
+    assert lr_of["backbone.norm.weight"] == pytest.approx(0.01)
+    assert all(g["weight_decay"] == 0.0 for g in groups if any(n.endswith(".bias") for n in g["names"]))
+    frozen_lrs = {name for g in param_groups(model, quick()) for name in g["names"]}
+    assert all(name.startswith("head.") for name in frozen_lrs)
+
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    result = fit_head(model, train, None, config, log=None)
+    assert result.cache is None  # the backbone changes: nothing to cache
+    changed = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v, before[k])]
+    assert "blocks.1.attn.qkv.weight" in changed and "patch_embed.proj.weight" in changed
+    assert model.freeze_backbone and not any(p.requires_grad for p in model.backbone.parameters())
+    assert not model.backbone.training
