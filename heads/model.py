@@ -130,10 +130,22 @@ class DenseModel(nn.Module):
         """
         if x.ndim != 4:
             raise ValueError(f"expected a (B, C, H, W) batch, got a tensor of shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        xp, (top, _, left, _) = self.pad(x)
-        Hp, Wp = xp.shape[-2:]
-        out = self.head(self.features(xp), (Hp, Wp), **head_kwargs)
+        xp, _ = self.pad(x)
+        return self.forward_features(self.features(xp), tuple(x.shape[-2:]), **head_kwargs)
+
+    def forward_features(
+        self, features: list[tuple[Tensor, Tensor]], size: tuple[int, int], **head_kwargs: Any
+    ) -> Tensor:
+        """The second half of `forward`: backbone features of the padded batch -> the map of an (H, W) input.
+
+        Lets a caller that already holds the features (e.g. `geodino.heads.feature_cache.FeatureCache`) run the
+        head with the same size rule as `forward`.
+        """
+        H, W = size
+        top, bottom = centre_padding(H, self.multiple)
+        left, right = centre_padding(W, self.multiple)
+        Hp, Wp = H + top + bottom, W + left + right
+        out = self.head(features, (Hp, Wp), **head_kwargs)
         if self.output_size == "padded":
             return out
         if out.shape[-2:] != (Hp, Wp):
