@@ -95,14 +95,14 @@ def label_class_map(model_path: Path, info: Any, labels: Any, label_column: str 
 
 
 def _chunk_windows(shape: tuple[int, int], chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> Iterator[Any]:
-    """Windows (rasterio) of the output's chunks, row by row."""
-    from rasterio.windows import Window
+    """Windows of the output's chunks, row by row."""
+    from geodino.raster.windows import Window
 
     row = 0
     for h in chunks[0]:
         col = 0
         for w in chunks[1]:
-            yield Window(col, row, w, h)
+            yield Window(row, col, h, w)
             col += w
         row += h
     assert row == shape[0]
@@ -117,7 +117,7 @@ class _Decimated:
 
     def add(self, window: Any, values: np.ndarray) -> None:
         s = self.step
-        r0, c0 = int(window.row_off), int(window.col_off)
+        r0, c0 = window.row, window.col
         dr, dc = -r0 % s, -c0 % s  # first row / column of the chunk on the decimated lattice
         part = values[dr::s, dc::s]
         self.array[(r0 + dr) // s : (r0 + dr) // s + part.shape[0], (c0 + dc) // s : (c0 + dc) // s + part.shape[1]] = (
@@ -214,8 +214,8 @@ def evaluate(
     unpredicted = 0
     chunks = data.chunks or ((shape[0],), (shape[1],))
     for window in _chunk_windows(shape, chunks):
-        rows = slice(int(window.row_off), int(window.row_off + window.height))
-        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        rows = slice(window.row, window.row + window.height)
+        cols = slice(window.col, window.col + window.width)
         pred = np.asarray(data[rows, cols].values)
         truth = labels_on_grid(
             labels,
@@ -286,7 +286,7 @@ class _Scores:
             self.confusion.update(pred.astype(np.int64), truth, valid)
             return
         self.regression.update(pred, truth, valid)
-        self.blocks.update(pred, truth, valid, row=int(window.row_off), col=int(window.col_off))
+        self.blocks.update(pred, truth, valid, row=window.row, col=window.col)
 
     def report(self) -> dict[str, Any]:
         """The issue's report keys (heads.report)."""
