@@ -206,7 +206,7 @@ def _split(
     from geodino.heads.data import splits
 
     if split == "none":
-        return {"train": chips, "val": chips.subset(chips.source < -1), "test": chips.subset(chips.source < -1)}
+        return {"train": chips}
     if split == "sources":
         if not val_sources:
             raise InputError("split 'sources' needs val_sources (--val-sources): the images held out for validation")

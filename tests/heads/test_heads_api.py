@@ -90,3 +90,23 @@ def test_canopy_height_head_report_matches_numpy(scene, tmp_path) -> None:
     assert ev.report["mae"] == pytest.approx(np.abs(e).mean(), rel=1e-5)
     assert ev.report["rmse"] == pytest.approx(np.sqrt((e**2).mean()), rel=1e-5)
     assert ev.report["r2"] == pytest.approx(1 - (e**2).sum() / ((truth - truth.mean()) ** 2).sum(), rel=1e-5)
+
+
+def test_a_binned_dpt_head_on_a_four_block_backbone_saves_and_maps(scene, tmp_path) -> None:
+    from heads_helpers import make_tiny_backbone
+
+    from geodino.bundle import read_model_info
+    from geodino.heads.api import train_head
+    from geodino.workflows.mapping import map_raster
+
+    _, paths = scene
+    result = train_head(
+        [paths["train"]], [paths["heights"]], task="canopy-height", backbone=make_tiny_backbone(), head="dpt",
+        out=tmp_path / "dpt.gdm", tile=TILE, epochs=1, split="none",
+    )  # fmt: skip
+    assert result.summary["split"]["chips"] == {"train": (SIZE // TILE) * (SPLIT // TILE)}
+    info = read_model_info(result.model_path)
+    assert info.kind == "regression" and info.units == "m" and info.valid_range[0] == 0.0  # CHMv2 bins: 0..top
+    ds = map_raster(paths["holdout"], result.model_path, tmp_path / "dpt.zarr", progress=False)
+    heights = ds["prediction"].values
+    assert heights.shape == (1, SIZE, SIZE - SPLIT) and np.nanmin(heights) >= 0.0
