@@ -26,7 +26,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -314,6 +314,7 @@ def train_head(
     augment: str | None = "d4",
     patience: int | None = None,
     seed: int = 0,
+    device: str = "cpu",
     random_weights: bool = False,
     pretraining: str | None = None,
     progress: bool = False,
@@ -356,6 +357,7 @@ def train_head(
         finetune: Train the backbone too (layer-wise lr decay; no feature cache).
         augment: "d4" (flips + 90 degree rotations, default), "flips" or None.
         seed: Seed of the split and the training (CPU runs are deterministic).
+        device: torch device of the training ("cpu", "cuda").
         random_weights: Allow a hub architecture name with random weights.
         pretraining: "sat493m" / "lvd1689m" for a checkpoint that cannot tell.
         progress: Show a progress bar.
@@ -449,6 +451,7 @@ def train_head(
         seed,
         progress,
     )
+    config = replace(config, device=device)
     metric, higher, metric_name = _val_metric(task, n_classes)
     fit = fit_head(
         model,

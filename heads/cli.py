@@ -108,6 +108,7 @@ def train_head_command(
     finetune: Annotated[bool, typer.Option("--finetune", help="Train the backbone too (layer-wise lr decay).")] = False,
     augment: Annotated[str, typer.Option(help="d4 | flips | none.")] = "d4",
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    device: Annotated[str, typer.Option(help="torch device of the training: cpu, cuda.")] = "cpu",
     random_weights: Annotated[
         bool, typer.Option("--random-weights", help="Allow a hub architecture name with random weights.")
     ] = False,
@@ -151,6 +152,7 @@ def train_head_command(
         finetune=finetune,
         augment=None if augment == "none" else augment,
         seed=seed,
+        device=device,
         random_weights=random_weights,
         pretraining=pretraining,
         progress=progress,
