@@ -300,7 +300,8 @@ def test_all_touched_labels_every_pixel_a_geometry_touches(tmp_path: Path) -> No
 
 def test_sparse_points_give_a_few_labelled_pixels_and_chips(tmp_path: Path, image: Path) -> None:
     rng = np.random.default_rng(0)
-    rows, cols = rng.integers(0, SHAPE[0], 300), rng.integers(0, SHAPE[1], 300)
+    rows, cols = rng.integers(0, SHAPE[0], 3000), rng.integers(0, SHAPE[1], 3000)
+    # 3000 points (some share a pixel): sparse labels, ~20% of the pixels.
     points = [shapely.Point(X0 + 10 * (c + 0.5), Y0 - 10 * (r + 0.5)) for r, c in zip(rows, cols, strict=True)]
     truth = field_on_grid(height_field, IMAGE_CRS, TRANSFORM, SHAPE)
     path = _write_layer(tmp_path / "pts.gpkg", points, crs="EPSG:32634", height=truth[rows, cols])
