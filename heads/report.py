@@ -177,7 +177,12 @@ _DPI = 100
 
 
 def canopy_height_figures(
-    pred: np.ndarray, truth: np.ndarray, out_dir: str | Path, *, valid: np.ndarray | None = None
+    pred: np.ndarray,
+    truth: np.ndarray,
+    out_dir: str | Path,
+    *,
+    valid: np.ndarray | None = None,
+    report: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the canopy-height figures; returns their paths.
 
@@ -188,10 +193,12 @@ def canopy_height_figures(
       line, and MAE / R² (:func:`geodino.heads.metrics.regression_metrics`) in the title.
 
     Args:
-        pred: (h, w) predicted heights in metres.
+        pred: (h, w) predicted heights in metres (may be a decimated view of a larger evaluated area).
         truth: (h, w) reference heights.
         out_dir: Folder, created if missing.
         valid: (h, w) bool, or None (truth and prediction finite).
+        report: The area's canopy-height report (e.g. from accumulators over the full-resolution chunks): its
+            MAE, R², bias and pixel count go into the titles instead of those recomputed from these arrays.
     """
     from geodino.heads.metrics import valid_mask
     from geodino.heads.plots import plot_error, plot_heights
@@ -199,7 +206,7 @@ def canopy_height_figures(
     mask = valid_mask(pred, truth, valid)
     if mask.ndim != 2:
         raise ValueError(f"canopy-height figures need (h, w) maps, got shape {mask.shape}")
-    metrics = regression_metrics(pred, truth, mask)
+    metrics = regression_metrics(pred, truth, mask) if report is None else _checked(report, CANOPY_HEIGHT_KEYS)
     p = np.asarray(pred, dtype=np.float64)
     t = np.where(mask, np.asarray(truth, dtype=np.float64), np.nan)
     e = np.where(mask, p - t, np.nan)
@@ -248,6 +255,7 @@ def land_cover_figures(
     out_dir: str | Path,
     *,
     valid: np.ndarray | None = None,
+    report: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the land-cover figures; returns their paths.
 
@@ -263,9 +271,12 @@ def land_cover_figures(
         class_colours: K (r, g, b) colours in 0..255, or None for :func:`geodino.heads.plots.default_class_colours`.
         out_dir: Folder, created if missing.
         valid: (h, w) bool, or None (every finite pixel; nodata must then be masked out beforehand).
+        report: The area's land-cover report (e.g. from an accumulator over the full-resolution chunks): its
+            confusion matrix, mIoU and accuracy are drawn instead of those of these (possibly decimated) arrays.
 
     Raises:
-        ValueError: As :func:`geodino.heads.metrics.confusion_matrix` (a valid value outside the classes).
+        ValueError: As :func:`geodino.heads.metrics.confusion_matrix` (a valid value outside the classes), or a
+            report for other classes.
     """
     from geodino.heads.metrics import valid_mask
     from geodino.heads.plots import plot_classes, plot_confusion
@@ -275,6 +286,10 @@ def land_cover_figures(
     if mask.ndim != 2:
         raise ValueError(f"land-cover figures need (h, w) maps, got shape {mask.shape}")
     metrics = ConfusionAccumulator(k).update(pred, truth, mask).result(class_names)
+    if report is not None:
+        metrics = _checked(report, LAND_COVER_KEYS)
+        if list(metrics["class_names"]) != [str(n) for n in class_names]:
+            raise ValueError(f"report is for classes {metrics['class_names']}, the figures for {list(class_names)}")
     p = np.asarray(pred, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
     is_class = np.isfinite(p) & (p >= 0) & (p < k) & (p == np.round(p))
@@ -300,6 +315,13 @@ def land_cover_figures(
         f"mIoU {metrics['miou']:.3f}, overall accuracy {metrics['overall_accuracy']:.3f} ({metrics['n_pixels']} px)"
     )
     return [maps, _save(fig, out_dir / "land_cover_confusion.png")]
+
+
+def _checked(report: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    missing = [k for k in keys if k not in report]
+    if missing:
+        raise ValueError(f"report lacks {missing}; expected the keys {list(keys)}")
+    return {k: (math.nan if report[k] is None and k in ("r2", "block_r2") else report[k]) for k in keys}
 
 
 def _figure(size: tuple[float, float]) -> Any:

@@ -319,7 +319,7 @@ def _resume_config(config: HeadTrainConfig) -> dict[str, Any]:
 
 
 def _progress(enabled: bool, total: int, description: str) -> Any:
-    """A rich progress bar (a no-op object when disabled)."""
+    """A started rich progress bar with one task, or None when disabled."""
     if not enabled:
         return None
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -399,15 +399,17 @@ def _fit(
         model.backbone.requires_grad_(False)
     cache = None
     if config.cache is not None and not finetune:
+        disk = config.cache == "disk"
         cache = FeatureCache(
             model.backbone,
             model.head.layers,
             device=device,
             max_bytes=config.cache_max_bytes,
-            directory=Path(config.cache_dir) if config.cache == "disk" else None,
+            directory=Path(config.cache_dir) if disk else None,
             dtype=getattr(torch, config.cache_dtype),
             norm=model.head.use_backbone_norm,
-            key=array_fingerprint(train.images, *([val.images] if val is not None else [])),
+            # a disk cache outlives this call: tie its entries to these chips' pixels
+            key=array_fingerprint(train.images, *([val.images] if val is not None else [])) if disk else "",
         )
     runner = _Runner(model, cache, device)
     groups = param_groups(model, config)
@@ -472,6 +474,8 @@ def _fit(
                 val_loss, metric = _evaluate(runner, val, task, loss_fn, config.batch_size, val_metric)
             else:
                 val_loss, metric = math.nan, train_loss
+            if not math.isfinite(metric):
+                raise TrainError(f"epoch {epoch}: the validation metric is {metric}; cannot pick a best epoch")
             better = best_state is None or (metric > best_metric if higher else metric < best_metric)
             if better:
                 best_state, best_metric, best_epoch, bad_epochs = _trainable_state(model, finetune), metric, epoch, 0

@@ -205,14 +205,11 @@ def _value_column(gdf: Any, path: str, label_column: str | None) -> Any:
 
 
 def _is_ignored(values: Any, nodata: float | None, ignore_values: Sequence[float | str]) -> np.ndarray:
-    """(N,) bool: label values that mean "no label" (missing, NaN, the nodata value, an ignore value)."""
-    import pandas as pd
-
-    series = pd.Series(values)
-    out = series.isna().to_numpy()
+    """(N,) bool: label values (a layer's column) that mean "no label": missing, NaN, nodata, an ignore value."""
+    out = values.isna().to_numpy().copy()
     drop = {_key(v) for v in ignore_values} | ({_key(nodata)} if nodata is not None else set())
     if drop:
-        out |= np.asarray([not missing and _key(v) in drop for v, missing in zip(series, out, strict=True)], bool)
+        out |= np.asarray([not missing and _key(v) in drop for v, missing in zip(values, out, strict=True)], bool)
     return out
 
 
@@ -773,6 +770,19 @@ def _chips_of_source(
     return images, targets, origins, reached
 
 
+def _check_same_bands(name: str, names: Sequence[str], first: str, first_names: Sequence[str]) -> None:
+    """Refuse sources whose bands name different bands than the first source's (the band-token rule)."""
+    from geodino.raster.source import band_label
+
+    for k, (a, b) in enumerate(zip(first_names, names, strict=True), start=1):
+        la, lb = band_label(a), band_label(b)
+        if la is not None and lb is not None and la != lb:
+            raise LabelError(
+                f"{name}: band {k} is {lb} where {first} has {la}; every imagery source must list the same bands "
+                "in the same order"
+            )
+
+
 def make_chips(
     images: Sequence[str | Path | Sequence[str | Path]],
     labels: Sequence[LabelSpec],
@@ -797,8 +807,8 @@ def make_chips(
     Args:
         images: Imagery sources: each a path, or a list of paths (a mosaic; a band stack with ``stack=True``; a
             list of lists = a mosaic of band stacks), read with :class:`~geodino.raster.source.RasterSource`.
-        labels: One label spec per imagery source, or one for all of them (a source it does not reach is
-            skipped; it must reach at least one).
+        labels: One label spec per imagery source, or one for all of them (a source it does not reach gives no
+            chip, with a warning; it must reach at least one).
         task: "canopy-height" or "land-cover".
         normalization: How raw values become model inputs; None: ``Normalization.for_dtype(dtype, 0, 1)`` (the
             dtype's conventional scale, no centring).
@@ -816,7 +826,7 @@ def make_chips(
         expected_bands: Refuse imagery whose band count differs (e.g. a backbone's input bands).
 
     Returns:
-        The chip set; chips whose imagery reaches past the raster are reflect-padded with unlabelled targets
+        The chip set, ``grids[i]`` describing ``images[i]``; chips whose imagery reaches past the raster are reflect-padded with unlabelled targets
         there (a raster smaller than a tile gives one such chip). Image nodata pixels have no target and are 0.
 
     Raises:
@@ -877,6 +887,8 @@ def make_chips(
                     f"{name}: imagery of dtype {src.dtype}, but {_image_name(images[0])} is {first[2]}: their raw "
                     "values are on different scales (give a normalization)"
                 )
+            if i > 0:
+                _check_same_bands(name, src.band_names, _image_name(images[0]), first[1])
             if src.crs is None:
                 raise LabelError(f"{name}: imagery has no CRS; labels are placed on it through CRS + transform")
             spec = opened[0 if len(opened) == 1 else i]
@@ -903,6 +915,7 @@ def make_chips(
                 stride=stride,
                 min_labelled=min_labelled,
             )
+            grids.append(GridRef(name, src.crs.to_wkt(), tuple(src.transform)[:6], src.shape))
             if not reached:
                 message = (
                     f"{spec.name}: the labels (bounds {spec.extent()}) do not overlap the imagery grid of {name} "
@@ -912,7 +925,6 @@ def make_chips(
                     raise _NoOverlapError(message)
                 skipped.append(name)
                 continue
-            grids.append(GridRef(name, src.crs.to_wkt(), tuple(src.transform)[:6], src.shape))
             all_images += chips
             all_targets += targets
             all_origins += origins

@@ -114,9 +114,11 @@ def l1_loss(outputs: Tensor, targets: Tensor) -> Tensor:
         targets: (B, H, W) metres, NaN where unlabelled.
     """
     pred, target, valid = _heights_and_mask(outputs, targets)
-    if not bool(valid.any()):
+    n = int(valid.sum())
+    if not n:
         return _no_labels(outputs)
-    return (pred[valid] - target[valid]).abs().mean()
+    # masked sum instead of boolean indexing (a gather over the batch); NaN targets zeroed so no NaN gradient
+    return ((pred - torch.nan_to_num(target)).abs() * valid).sum() / n
 
 
 def silog_loss(outputs: Tensor, targets: Tensor, *, lam: float = SILOG_LAMBDA, eps: float = SILOG_EPS) -> Tensor:

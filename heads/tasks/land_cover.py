@@ -68,13 +68,12 @@ def _check(outputs: Tensor, targets: Tensor) -> Tensor:
     if outputs.shape[-2:] != targets.shape[-2:]:
         raise ValueError(f"logits are {tuple(outputs.shape[-2:])} pixels, targets {tuple(targets.shape[-2:])}")
     valid = targets != IGNORE_INDEX
-    if bool(valid.any()):
+    k = outputs.shape[1]
+    if bool((valid & ((targets < 0) | (targets >= k))).any()):  # elementwise: no gather over the whole batch
         low, high = int(targets[valid].min()), int(targets[valid].max())
-        if low < 0 or high >= outputs.shape[1]:
-            raise ValueError(
-                f"class targets range {low}..{high}, but the head has {outputs.shape[1]} classes "
-                f"(0..{outputs.shape[1] - 1}; {IGNORE_INDEX} = unlabelled)"
-            )
+        raise ValueError(
+            f"class targets range {low}..{high}, but the head has {k} classes (0..{k - 1}; {IGNORE_INDEX} = unlabelled)"
+        )
     return valid
 
 
@@ -96,14 +95,15 @@ def ce_loss(outputs: Tensor, targets: Tensor, class_weights: Sequence[float] | T
         targets: (B, H, W) int64 class indices, `IGNORE_INDEX` where unlabelled.
         class_weights: (K,) per-class weights, or None.
     """
-    valid = _check(outputs, targets)
-    w = _weights(class_weights, outputs.shape[1], outputs)
-    pixel_w = w[targets.clamp_min(0)] * valid
-    total = pixel_w.sum()
+    _check(outputs, targets)
+    k = outputs.shape[1]
+    w = _weights(class_weights, k, outputs)
+    counts = torch.bincount((targets + 1).flatten(), minlength=k + 1)[1:]  # labelled pixels per class
+    total = (counts.to(w.dtype) * w).sum()
     if not bool(total > 0):
         return outputs.sum() * 0.0
-    nll = F.cross_entropy(outputs, targets.clamp_min(0), reduction="none")  # (B, H, W)
-    return (nll * pixel_w).sum() / total
+    nll = F.cross_entropy(outputs, targets, weight=w, ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll / total
 
 
 def dice_loss(outputs: Tensor, targets: Tensor, smooth: float = DICE_SMOOTH) -> Tensor:

@@ -300,7 +300,8 @@ def test_all_touched_labels_every_pixel_a_geometry_touches(tmp_path: Path) -> No
 
 def test_sparse_points_give_a_few_labelled_pixels_and_chips(tmp_path: Path, image: Path) -> None:
     rng = np.random.default_rng(0)
-    rows, cols = rng.integers(0, SHAPE[0], 300), rng.integers(0, SHAPE[1], 300)
+    rows, cols = rng.integers(0, SHAPE[0], 3000), rng.integers(0, SHAPE[1], 3000)
+    # 3000 points (some share a pixel): sparse labels, ~20% of the pixels.
     points = [shapely.Point(X0 + 10 * (c + 0.5), Y0 - 10 * (r + 0.5)) for r, c in zip(rows, cols, strict=True)]
     truth = field_on_grid(height_field, IMAGE_CRS, TRANSFORM, SHAPE)
     path = _write_layer(tmp_path / "pts.gpkg", points, crs="EPSG:32634", height=truth[rows, cols])
@@ -428,3 +429,40 @@ def test_labels_placed_strip_by_strip_give_the_same_chips(
         assert np.array_equal(whole.targets, strips.targets, equal_nan=True)
         assert np.array_equal(whole.images, strips.images)
     assert len(whole_c) < len(whole_h)
+
+
+def test_sources_with_bands_in_another_order_are_refused(tmp_path: Path) -> None:
+    data = smooth_scene(3, *SHAPE, seed=2, dtype=np.uint16)
+    names = ["B04", "B03", "B02"]
+    a = write_raster(tmp_path / "a.tif", data, crs=IMAGE_CRS, transform=TRANSFORM, descriptions=names)
+    b = write_raster(tmp_path / "b.tif", data, crs=IMAGE_CRS, transform=TRANSFORM, descriptions=names[::-1])
+    write_field(tmp_path / "h.tif", height_field, IMAGE_CRS, TRANSFORM, SHAPE)
+    with pytest.raises(LabelError, match=r"b.tif: band 1 is B02 where a.tif has B04"):
+        make_chips([a, b], [tmp_path / "h.tif"], task="canopy-height", tile=48)
+
+
+def test_shared_labels_skip_sources_they_do_not_reach(tmp_path: Path, image: Path) -> None:
+    far = write_raster(
+        tmp_path / "far.tif",
+        smooth_scene(3, *SHAPE, dtype=np.uint16),
+        crs=IMAGE_CRS,
+        transform=from_origin(X0 + 50_000, Y0, 10, 10),
+    )
+    write_field(tmp_path / "h.tif", height_field, IMAGE_CRS, TRANSFORM, SHAPE)
+    with pytest.warns(UserWarning, match=r"h.tif: labels do not reach far.tif"):
+        chips = make_chips([far, image], [tmp_path / "h.tif"], task="canopy-height", tile=48)
+    assert [g.name for g in chips.grids] == ["far.tif", "image.tif"] and set(chips.source.tolist()) == {1}
+    with pytest.raises(LabelError, match=r"h.tif: the labels overlap none of the imagery \(far.tif, far.tif\)"):
+        make_chips([far, far], [tmp_path / "h.tif"], task="canopy-height", tile=48)
+
+
+def test_vector_nodata_and_ignore_values(tmp_path: Path) -> None:
+    geoms = [_pixel_box(0, 0, 10, 10), _pixel_box(20, 20, 30, 30), _pixel_box(40, 40, 50, 50)]
+    path = _write_layer(tmp_path / "lc.gpkg", geoms, cls=["forest", "unknown", None])
+    class_map = resolve_classes([path], label_column="cls", ignore_values=["unknown"])
+    assert class_map.values == ("forest",)
+    got = _on_image(path, "land-cover", class_map=class_map, label_column="cls", ignore_values=["unknown"])
+    assert (got[:10, :10] == 0).all() and (got != IGNORE_INDEX).sum() == 100
+    path = _write_layer(tmp_path / "h.gpkg", geoms, height=[0.0, -1.0, 7.5])
+    got = _on_image(path, "canopy-height", label_column="height", nodata=-1.0)
+    assert (got[:10, :10] == 0.0).all() and (got[40:50, 40:50] == 7.5).all() and np.isfinite(got).sum() == 200

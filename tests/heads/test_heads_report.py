@@ -216,3 +216,30 @@ def test_report_on_the_neon_chm_counts_open_ground_and_refuses_unmasked_nodata(t
 
     paths = canopy_height_figures(pred, holes, tmp_path, valid=holes != nodata)  # the sentinel never reaches a plot
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_figures_of_a_decimated_view_take_the_full_area_report(tmp_path: Path) -> None:
+    """evaluate's bounded-memory path: metrics over every pixel chunk by chunk, figures from a strided view."""
+    from geodino.heads.report import canopy_height_figures, land_cover_figures
+
+    pred, truth = _canopy(4, (240, 200))
+    full = canopy_height_report(pred, truth)
+    view = (slice(None, None, 4), slice(None, None, 4))
+    own = canopy_height_figures(pred[view], truth[view], tmp_path / "own")
+    given = canopy_height_figures(pred[view], truth[view], tmp_path / "given", report=full)
+    assert own[0].read_bytes() != given[0].read_bytes()  # the bias in the error title is the full area's
+    assert own[1].read_bytes() != given[1].read_bytes()  # so are MAE, R² and the pixel count of the scatter
+    from_json = json.loads(write_report(full | {"r2": float("nan")}, tmp_path).read_text())
+    assert from_json["r2"] is None
+    canopy_height_figures(pred[view], truth[view], tmp_path / "json", report=from_json)  # null R²: "undefined"
+    with pytest.raises(ValueError, match="report lacks"):
+        canopy_height_figures(pred[view], truth[view], tmp_path / "bad", report={"mae": 1.0})
+
+    cls_pred, cls_truth, valid = _land_cover()
+    names = ["forest", "grass", "crops", "water"]
+    lc = land_cover_report(cls_pred, cls_truth, names, valid)
+    paths = land_cover_figures(cls_pred[::2, ::2], cls_truth[::2, ::2], names, None, tmp_path / "lc",
+                               valid=valid[::2, ::2], report=lc)  # fmt: skip
+    assert len(paths) == 2
+    with pytest.raises(ValueError, match="report is for classes"):
+        land_cover_figures(cls_pred, cls_truth, names[::-1], None, tmp_path / "lc2", valid=valid, report=lc)

@@ -22,13 +22,15 @@ TRANSFORM = from_origin(X0, Y0, 10, 10)
 TILE = 16
 
 
-def _chips(tmp_path: Path, name: str = "a", transform: Affine = TRANSFORM, seed: int = 0) -> ChipSet:
+def _chips(
+    tmp_path: Path, name: str = "a", transform: Affine = TRANSFORM, seed: int = 0, stride: int = TILE
+) -> ChipSet:
     image = write_raster(
         tmp_path / f"{name}.tif", smooth_scene(2, *SHAPE, seed=seed, dtype=np.uint8), crs=IMAGE_CRS, transform=transform
     )
     labels = tmp_path / f"{name}_h.tif"
     write_field(labels, height_field, IMAGE_CRS, transform, SHAPE, nodata=-1.0)
-    return make_chips([image], [labels], task="canopy-height", tile=TILE)
+    return make_chips([image], [labels], task="canopy-height", tile=TILE, stride=stride)
 
 
 @pytest.fixture
@@ -62,8 +64,12 @@ def _labelled_pixels(chips: ChipSet) -> np.ndarray:
     return _boxes(chips, [w[0] for w in where], [w[1] for w in where], 1)
 
 
-@pytest.mark.parametrize("buffer", [0.0, 25.0, 160.0])
-def test_no_evaluation_pixel_lies_within_the_buffer_of_a_training_chip(chips: ChipSet, buffer: float) -> None:
+@pytest.mark.parametrize(("buffer", "stride"), [(0.0, TILE), (25.0, TILE), (160.0, TILE), (0.0, 8), (40.0, 8)])
+def test_no_evaluation_pixel_lies_within_the_buffer_of_a_training_chip(
+    tmp_path: Path, buffer: float, stride: int
+) -> None:
+    """Also with overlapping chips (stride 8 < tile 16): an evaluation chip sharing pixels with a train chip goes."""
+    chips = _chips(tmp_path, stride=stride)
     parts = spatial_split(chips, block_size=480.0, buffer=buffer, fractions=(0.6, 0.2, 0.2), seed=3)
     assert set(parts) == {"train", "val", "test"}
     train_area = shapely.union_all(_footprints(parts["train"]))

@@ -171,6 +171,8 @@ def test_bad_inputs_are_refused() -> None:
         fit_head(land_cover_model(), synthetic_chips("land-cover", 4, bands=4), None, quick(), log=None)
     with pytest.raises(TrainError, match="needs higher_is_better"):
         fit_head(land_cover_model(), train, train, quick(), val_metric=lambda p, t: 0.0, log=None)
+    with pytest.raises(TrainError, match="epoch 1: the validation metric is nan"):
+        fit_head(land_cover_model(), train, train, quick(), val_metric=lambda p, t: np.nan, higher_is_better=True)
     with pytest.raises(TrainError, match="cache='disk' needs cache_dir"):
         quick(cache="disk")
 
