@@ -68,12 +68,6 @@ def _save_png(rgb: np.ndarray, path: Path, scale: int = 1) -> Path:
     return path
 
 
-def _has_matplotlib() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("matplotlib") is not None
-
-
 def run_demo(
     out: str | Path,
     size: int = 512,
@@ -104,7 +98,7 @@ def run_demo(
     """
     from geodino.heads.api import train_head
     from geodino.workflows.cog import export_cog
-    from geodino.workflows.evaluation import evaluate
+    from geodino.workflows.evaluation import evaluate, plots_available
     from geodino.workflows.landscape import CLASS_COLOURS, CLASS_NAMES, landscape, write_landscape
 
     say = echo or print
@@ -121,7 +115,7 @@ def run_demo(
         f"{scene.heights.max():.1f} m; training on the western {split_col} columns, holding out "
         f"{size - split_col} -> {data}"
     )
-    figures = _has_matplotlib()
+    figures = plots_available()
     results: dict[str, Any] = {"paths": {k: str(v) for k, v in paths.items()}}
     for task, truth, var in (
         ("land-cover", paths["classes"], "classes"),

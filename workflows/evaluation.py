@@ -20,6 +20,7 @@ a score.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 
 from geodino.errors import InputError
 
-__all__ = ["EvaluationResult", "evaluate", "label_class_map", "training_summary"]
+__all__ = ["EvaluationResult", "evaluate", "label_class_map", "plots_available", "training_summary"]
 
 #: Most pixels of the decimated prediction / truth copies the figures are drawn from.
 FIGURE_PIXELS = 2_000_000
@@ -58,6 +59,15 @@ def _task_of(info: Any) -> str:
     if info.kind == "regression" and info.out_channels >= 1:
         return "canopy-height"
     raise InputError(f"model {info.name!r} is an {info.kind} model: evaluate needs a land-cover or canopy-height head")
+
+
+def plots_available() -> bool:
+    """Whether the report figures can be drawn: they need matplotlib (the optional ``plots`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def training_summary(model_path: Path) -> dict[str, Any]:
@@ -161,7 +171,7 @@ def evaluate(
         stack, bands, tile, batch_size, device, scheduler: Mapping settings (as ``geodino map``).
         overwrite: Replace an existing ``prediction.zarr``.
         progress: Show the mapping progress bar.
-        figures: Write the PNG figures.
+        figures: Write the PNG figures (skipped with a warning when matplotlib is missing).
         figure_pixels: Most pixels of the decimated maps the figures are drawn from.
 
     Returns:
@@ -245,6 +255,9 @@ def evaluate(
     report["n_labelled_unpredicted"] = unpredicted
     report["model"] = str(model_path)
     report["prediction"] = str(store)
+    if figures and not plots_available():
+        warnings.warn("no figures: they need matplotlib (pip install 'geodino[plots]')", stacklevel=2)
+        figures = False
     written = _figures(task, info, pred_small, truth_small, out) if figures else []
     from geodino.heads.report import write_report
 

@@ -110,3 +110,20 @@ def test_a_binned_dpt_head_on_a_four_block_backbone_saves_and_maps(scene, tmp_pa
     ds = map_raster(paths["holdout"], result.model_path, tmp_path / "dpt.zarr", progress=False)
     heights = ds["prediction"].values
     assert heights.shape == (1, SIZE, SIZE - SPLIT) and np.nanmin(heights) >= 0.0
+
+
+def test_evaluate_without_matplotlib_writes_the_report_and_says_why_no_figures(scene, tmp_path, monkeypatch) -> None:
+    import sys
+
+    from geodino.heads.api import train_head
+    from geodino.workflows.evaluation import evaluate
+
+    _, paths = scene
+    model = train_head(
+        [paths["train"]], [paths["heights"]], task="canopy-height", backbone="test", out=tmp_path / "m.gdm",
+        tile=TILE, epochs=1, split="none",
+    ).model_path  # fmt: skip
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a machine without the plots extra
+    with pytest.warns(UserWarning, match="matplotlib"):
+        ev = evaluate(model, paths["holdout"], paths["heights"], tmp_path / "r")
+    assert ev.report_path.exists() and ev.figures == () and not list((tmp_path / "r").glob("*.png"))
