@@ -397,6 +397,11 @@ def train_head(
     normalization = normalization_of(model_backbone, dtype)
     patch = int(model_backbone.patch_size)
     tile = _default_tile(tile, patch)
+    if head != "linear" and model_backbone.n_blocks < 4:
+        raise InputError(
+            f"head {head!r} reads four backbone blocks; backbone {model_backbone.meta.name} has "
+            f"{model_backbone.n_blocks}: use --head linear, or a deeper backbone"
+        )
     weights = "RANDOM weights, not pretrained" if random else f"{model_backbone.meta.weights} weights"
     say(f"backbone {model_backbone.meta.name} ({weights}), {count} bands, tile {tile}")
 

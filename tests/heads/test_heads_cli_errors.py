@@ -98,6 +98,7 @@ def test_a_bad_task_head_or_output_name(scene, tmp_path) -> None:
     assert "task" in fails("train-head", "--task", "height", "--images", scene["image"], "--labels", scene["classes"],
                            "--backbone", "test", "--out", tmp_path / "m.gdm")  # fmt: skip
     assert ".gdm" in train(scene, tmp_path, "--out", tmp_path / "m.pt")
+    assert "--head linear" in train(scene, tmp_path, "--head", "dpt")  # the 2-block test ViT has no 4 layers
 
 
 def test_evaluate_with_labels_off_the_map(scene, tmp_path) -> None:
