@@ -10,7 +10,7 @@ A checkpoint of step N holds everything a run needs to continue as if it had nev
   refreshes, last-layer freezing) is a pure function of the iteration and the configuration, so this is their
   position (``steps``, the schedules' horizon, is saved too: a resume that changes it is warned about);
 - ``ranks``: per rank, every random generator (Python ``random``, NumPy's global generator, torch CPU and, when
-  initialised, every CUDA device) and the window stream's position
+  initialised, the rank's CUDA device) and the window stream's position
   (:meth:`geodino.training.data.windows.RasterWindows.state_dict`; data-loader workers are seeded from it).
 
 Two storage formats, one content:
@@ -207,25 +207,25 @@ def verify_checkpoint(path: str | Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ RNG
 def capture_rng() -> dict[str, Any]:
-    """Every random generator of this process: Python, NumPy's global one, torch CPU and CUDA (when initialised)."""
+    """Every random generator of this process: Python, NumPy's global one, torch CPU, and torch CUDA of the
+    current device when CUDA is initialised (each rank drives one device; other devices are left untouched)."""
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's
     return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Set the generators :func:`capture_rng` saved (CUDA when saved and present, per device index)."""
+    """Set the generators :func:`capture_rng` saved (CUDA into the current device, when saved and present)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------------ distributed

@@ -78,7 +78,7 @@ def test_a_checkpoint_holds_models_centres_optimiser_rng_and_stream_position(tmp
         train_step(model, optimizer, schedules, batch_factory(cfg, 4, seed=it), it)
     windows = RasterWindows(open_sources([image], window_size=32), 32, seed=4)
     windows.num_workers = 2
-    for last in (0, 1, 2, 5):  # batches from workers 0, 1, 0, 1 (their last windows' indices)
+    for last in (2, 1, 4):  # batches from workers 0, 1, 0 (their last windows' indices; 3 skipped)
         windows.advance(last)
     path = ck.save_checkpoint(
         tmp_path, model, optimizer, 3, rank_state={"data": windows.state_dict()}, meta={"steps": 9}
@@ -102,12 +102,12 @@ def test_a_checkpoint_holds_models_centres_optimiser_rng_and_stream_position(tmp
     restored = RasterWindows(open_sources([image], window_size=32), 32, seed=4)
     restored.num_workers = 2
     assert restored.load_state_dict(state.for_rank(0)["data"]) is True
-    assert restored.shard_of(0, 2) == 0 and next(restored.shard_indices(0, 2)) == 4
-    assert next(restored.shard_indices(1, 2)) == 7
+    assert restored.shard_of(0, 2) == 1 and next(restored.shard_indices(0, 2)) == 3
+    assert restored.shard_of(1, 2) == 0 and next(restored.shard_indices(1, 2)) == 6
     # Restored on another sharding (2 ranks x 1 worker): past the furthest index reached, no window seen twice.
     other = RasterWindows(open_sources([image], window_size=32), 32, seed=4, rank=1, world_size=2)
     assert other.load_state_dict(state.for_rank(0)["data"], state.ranks and [r["data"] for r in state.ranks]) is False
-    assert next(other.shard_indices(0, 1)) == 7  # the first index of shard 1 of 2 at or past 7
+    assert next(other.shard_indices(0, 1)) == 7  # the first index of shard 1 of 2 at or past 6
     with pytest.raises(ValueError, match="seed 4"):
         RasterWindows(open_sources([image], window_size=32), 32, seed=5).load_state_dict(state.for_rank(0)["data"])
 
@@ -141,18 +141,19 @@ def test_keep_last_k_plus_milestones_and_an_interrupted_write(tmp_path, monkeypa
 
 # ---------------------------------------------------------------------------------------- corruption
 def test_a_checkpoint_cut_in_half_is_detected_and_the_previous_one_used(tmp_path, image):
-    args = _run_args(image, "train.steps=4", "train.checkpoint_every=2")
+    # Two loader workers and a resume after an odd number of batches: the restored loader must start with worker 1.
+    args = _run_args(image, "train.steps=6", "train.checkpoint_every=3", "train.num_workers=2")
     run = tmp_path / "run"
     train(load_config("tiny", args), run, log=_quiet)
-    last = run / "checkpoints" / "checkpoint_00000004.pth"
+    last = run / "checkpoints" / "checkpoint_00000006.pth"
     original = torch.load(last, weights_only=False)
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ck.CheckpointInvalidError, match=r"checkpoint_00000004\.pth: corrupt or truncated"):
+    with pytest.raises(ck.CheckpointInvalidError, match=r"checkpoint_00000006\.pth: corrupt or truncated"):
         ck.verify_checkpoint(last)
-    with pytest.warns(UserWarning, match=r"checkpoint_00000004\.pth: corrupt or truncated.*previous checkpoint"):
+    with pytest.warns(UserWarning, match=r"checkpoint_00000006\.pth: corrupt or truncated.*previous checkpoint"):
         result = train(load_config(run / "config.yaml"), run, resume=True, log=_quiet)
-    assert result.start_iteration == 2  # resumed from the previous checkpoint and redid steps 3 and 4
+    assert result.start_iteration == 3  # resumed from the previous checkpoint and redid steps 4 to 6
     redone = torch.load(last, weights_only=False)
     _equal(original["model"], redone["model"])
     _equal(original["optimizer"], redone["optimizer"])
@@ -160,7 +161,7 @@ def test_a_checkpoint_cut_in_half_is_detected_and_the_previous_one_used(tmp_path
     for _, path in ck.list_checkpoints(run):
         path.write_bytes(b"\0" * 100)
     with pytest.warns(UserWarning), pytest.raises(ck.RunError, match=r"every checkpoint .* is corrupt"):
-        train(load_config(run / "config.yaml", ["train.steps=6"]), run, resume=True, log=_quiet)
+        train(load_config(run / "config.yaml", ["train.steps=8"]), run, resume=True, log=_quiet)
 
 
 def test_sharded_dcp_folders_in_one_process_resume_exactly_and_a_flipped_byte_is_caught(tmp_path, image):

@@ -1,6 +1,6 @@
 """A real ``geodino pretrain`` process killed with SIGKILL mid-run, then resumed, matches an uninterrupted run.
 
-Both runs are subprocesses (``python -m geodino.training.cli pretrain``) on the tiny recipe on CPU, one intra-op
+Both runs (with Gram anchoring from step 6, its teacher refreshed every 8 steps) are subprocesses (``python -m geodino.training.cli pretrain``) on the tiny recipe on CPU, one intra-op
 thread, two data-loader workers (so the resumed loader must rotate its workers to hand over the same batches).
 Expected: every metrics.csv value but the timing column (images_per_s) is equal, and model, optimiser and the
 exported backbone at the last step are bit-identical (``torch.equal``).
@@ -48,6 +48,12 @@ def _command(image: Path, run: Path) -> list[str]:
         f"train.checkpoint_every={EVERY}",
         "train.diagnostic_every=10",
         "checkpoint.keep=3",
+        # Iteration-driven state that must come back: a Gram teacher copied from the EMA teacher at 6 and refreshed
+        # every 8 steps (held in the checkpoint between copies), and the heads' last layer frozen for 10 steps.
+        "gram.enabled=true",
+        "gram.start_iteration=6",
+        "gram.update_frequency=8",
+        "optim.freeze_last_layer_iters=10",
     ]
 
 
@@ -114,6 +120,7 @@ def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path: Path
     assert _rows(killed) == _rows(whole)  # every loss term, schedule value and diagnostic, row for row
     logged = sorted({1, STEPS, *range(3, STEPS, 3), *range(10, STEPS, 10)})  # log_every, diagnostic_every
     assert [int(r["step"]) for r in _rows(whole)] == logged
+    assert all(float(r["gram"]) > 0 for r in _rows(whole) if int(r["step"]) > 6)
     a, b = _final(whole), _final(killed)
     assert a["iteration"] == b["iteration"] == STEPS
     _same_tensors(a["model"], b["model"])  # student, EMA teacher, heads, loss centres

@@ -287,8 +287,8 @@ class RasterWindows(IterableDataset):
         window_size: window side S in pixels.
         max_nodata_fraction: windows with a larger fraction of invalid pixels are skipped.
         seed: seed of the stream.
-        epoch: a second seed component (e.g. the iteration a resumed run restarts at), so a resumed run does not
-            replay the windows it has already seen.
+        epoch: a second seed component (another, independent stream of windows for the same seed). A resumed run
+            keeps its epoch and continues from its saved position instead (:meth:`load_state_dict`).
         rank: this process's rank (distributed training).
         world_size: number of ranks.
         transform: applied to each item inside the worker (e.g. :class:`~geodino.training.data.multicrop.MultiCrop`).
