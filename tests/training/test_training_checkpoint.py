@@ -31,6 +31,8 @@ def _equal(a, b) -> None:
     """Nested dicts/lists of tensors are bit-identical."""
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b)
+    elif isinstance(a, np.ndarray):  # NumPy's generator state
+        assert np.array_equal(a, b)
     elif isinstance(a, dict):
         assert a.keys() == b.keys()
         for key in a:
@@ -313,3 +315,57 @@ def test_fsdp2_sharded_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, 
     torch.testing.assert_close(torch.tensor(dcp_losses), torch.tensor(reference["losses"][K:]), rtol=1e-5, atol=0)
     for key, value in reference["model"].items():
         torch.testing.assert_close(dcp_final[key], value, rtol=0, atol=1e-5, msg=key)
+
+
+# ------------------------------------------------------------------------------ the loop on 2 gloo ranks
+def _loop_worker(rank: int, store: str, run_dir: str, overrides: list[str], resume: bool) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        cfg = load_config(Path(run_dir) / "config.yaml") if resume else load_config("tiny", overrides)
+        train(cfg, run_dir, resume=resume, log=_quiet)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_loop(tmp_path: Path, run: Path, overrides: list[str], resume: bool) -> None:
+    store = tmp_path / f"store-{run.name}-{int(resume)}"
+    args = (str(store), str(run), overrides, resume)
+    mp.start_processes(_loop_worker, args=args, nprocs=WORLD, join=True, start_method="fork")
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_resumes_exactly_on_two_ranks_and_with_a_warning_on_one(tmp_path, image):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    overrides = _run_args(image, "train.steps=4", "train.checkpoint_every=2", "checkpoint.keep=5")
+    whole = tmp_path / "whole"
+    _spawn_loop(tmp_path, whole, overrides, resume=False)
+    saved = torch.load(whole / "checkpoints" / "checkpoint_00000004.pth", weights_only=False)
+    assert saved["world_size"] == WORLD and [r["data"]["rank"] for r in saved["ranks"]] == [0, 1]
+    nexts = [r["data"]["next"] for r in saved["ranks"]]
+    assert set(nexts[0]) == {0} and set(nexts[1]) == {1}  # each rank's own shard of the window stream
+
+    def interrupted(name: str) -> Path:
+        run = tmp_path / name
+        shutil.copytree(whole, run)
+        (run / "checkpoints" / "checkpoint_00000004.pth").unlink()
+        (run / "backbone.pth").unlink()
+        return run
+
+    again = interrupted("again")
+    _spawn_loop(tmp_path, again, overrides, resume=True)
+    redone = torch.load(again / "checkpoints" / "checkpoint_00000004.pth", weights_only=False)
+    _equal(saved["model"], redone["model"])  # every rank restored its own RNG and stream position
+    _equal(saved["optimizer"], redone["optimizer"])
+    _equal(saved["ranks"], redone["ranks"])
+
+    one = interrupted("one")
+    with pytest.warns(UserWarning, match=r"saved on 2 rank\(s\) x 1 worker\(s\), resumed on 1 x 1"):
+        result = train(load_config(one / "config.yaml"), one, resume=True, log=_quiet)
+    assert result.start_iteration == 2
+    state = torch.load(one / "checkpoints" / "checkpoint_00000004.pth", weights_only=False)
+    at_two = torch.load(one / "checkpoints" / "checkpoint_00000002.pth", weights_only=False)
+    furthest = max(v for r in at_two["ranks"] for v in r["data"]["next"].values())
+    # One rank continued past every window the two ranks had read: B windows per step from index `furthest` on.
+    assert state["world_size"] == 1 and state["ranks"][0]["data"]["next"] == {0: furthest + 2 * 4}
