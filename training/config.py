@@ -194,9 +194,8 @@ class CheckpointConfig:
 
     keep: int = 2  # the newest k checkpoints are kept, older ones deleted (milestones excepted)
     milestone_every: int = 0  # also keep every checkpoint whose step is a multiple of this; 0: none
-    # "file": one .pth (rank 0 writes); "dcp": a sharded torch.distributed.checkpoint folder (every rank writes its
-    # shards; loadable on another world size); "auto": dcp when the model holds FSDP2-sharded parameters
-    format: Literal["auto", "file", "dcp"] = "auto"
+    # "file": one .pth written by rank 0; "dcp": a torch.distributed.checkpoint folder, every rank writing its shards
+    format: Literal["auto", "file", "dcp"] = "auto"  # "auto": dcp when the model holds FSDP2-sharded parameters
 
 
 @dataclass
