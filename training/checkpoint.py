@@ -21,6 +21,9 @@ Two storage formats, one content:
   its own shards, ``extra.pt`` (iteration and the per-rank states) and ``MANIFEST.sha256`` listing every file.
   It loads on any world size, a single process included: DCP reshards on load.
 
+Either way the run folder must be on a file system every rank sees (as multi-node ``torchrun`` runs need anyway):
+every rank reads the checkpoint it resumes from.
+
 Writing is atomic: the file (or folder) is written under a temporary name in the same folder, flushed to disk
 (``fsync``), its checksum written, then renamed; a killed run leaves at worst a stale temporary, never a
 half-written checkpoint under a final name. Loading checks the checksum first: a truncated or corrupt
