@@ -29,6 +29,9 @@ Writing is atomic: the file (or folder) is written under a temporary name in the
 half-written checkpoint under a final name. Loading checks the checksum first: a truncated or corrupt
 checkpoint is reported with a warning naming it, and the previous one is used (:func:`resumable_checkpoint`).
 
+:func:`export_backbone` writes the EMA teacher's backbone of any checkpoint (a milestone, say) as a file
+``geodino.load_backbone`` reads, with the bands and normalisation the run trained with.
+
 After each save the newest ``checkpoint.keep`` checkpoints are kept, plus every milestone (a step that is a
 multiple of ``checkpoint.milestone_every``); older ones are deleted.
 """
@@ -56,6 +59,7 @@ __all__ = [
     "ResumeState",
     "RunError",
     "capture_rng",
+    "export_backbone",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -447,3 +451,36 @@ def check_same_run(state: ResumeState, steps: int, warn: Callable[[str], None]) 
             "and momentum schedules stretch to the new length from here on (not the run an uninterrupted "
             f"{saved}-step run would have been)"
         )
+
+
+# --------------------------------------------------------------------------------------------- export
+def export_backbone(checkpoint: str | Path, out: str | Path, cfg: Any = None) -> Path:
+    """Write the EMA teacher backbone of a checkpoint (file or DCP folder) for ``geodino.load_backbone``.
+
+    Args:
+        checkpoint: a checkpoint of a run folder (``<run>/checkpoints/checkpoint_<N>.pth`` or ``.dcp``).
+        out: the backbone file to write.
+        cfg: the run's configuration; default ``<run>/config.yaml``.
+
+    Returns:
+        ``out``; the backbone carries the run's bands and normalisation when the checkpoint recorded them.
+
+    Raises:
+        CheckpointInvalidError / RunError: as :func:`load_checkpoint`.
+    """
+    from geodino.models.meta import BackboneMeta
+    from geodino.training.config import load_config
+    from geodino.training.meta_arch import SSLMetaArch
+
+    checkpoint = Path(checkpoint)
+    if cfg is None:
+        saved = checkpoint.parent.parent / "config.yaml"
+        if not saved.is_file():
+            raise RunError(f"{checkpoint}: no config.yaml in its run folder {checkpoint.parent.parent}")
+        cfg = load_config(saved)
+    model = SSLMetaArch(cfg)
+    state = load_checkpoint(checkpoint, model, model.make_optimizer())
+    meta = state.meta.get("backbone_meta")
+    if meta is not None:
+        model.teacher["backbone"].meta = BackboneMeta.from_dict(meta)
+    return model.export_teacher_backbone(out)

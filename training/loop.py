@@ -418,7 +418,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     optimizer,
                     step,
                     rank_state={"data": data.windows.state_dict()},
-                    meta={"steps": t.steps},
+                    meta={"steps": t.steps, "backbone_meta": meta.to_dict()},
                     keep=ck.keep,
                     milestone_every=ck.milestone_every,
                     sharded=None if ck.format == "auto" else ck.format == "dcp",

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from training_data_helpers import single_thread, write_rgb  # noqa: F401 (single_thread is a fixture)
 
+from geodino.models.checkpoint import load_backbone
 from geodino.training import checkpoint as ck
 from geodino.training.config import load_config
 from geodino.training.data import RasterWindows, open_sources
@@ -166,7 +167,7 @@ def test_a_checkpoint_cut_in_half_is_detected_and_the_previous_one_used(tmp_path
         train(load_config(run / "config.yaml", ["train.steps=8"]), run, resume=True, log=_quiet)
 
 
-def test_sharded_dcp_folders_in_one_process_resume_exactly_and_a_flipped_byte_is_caught(tmp_path, image):
+def test_sharded_dcp_folders_in_one_process_resume_exactly_export_and_a_flipped_byte_is_caught(tmp_path, image):
     args = _run_args(image, "train.steps=4", "train.checkpoint_every=2", "checkpoint.format=dcp")
     whole = tmp_path / "whole"
     train(load_config("tiny", args), whole, log=_quiet)
@@ -179,6 +180,13 @@ def test_sharded_dcp_folders_in_one_process_resume_exactly_and_a_flipped_byte_is
     result = train(load_config(resumed / "config.yaml"), resumed, resume=True, log=_quiet)
     assert result.start_iteration == 2
     _equal(torch.load(whole / "backbone.pth")["state_dict"], torch.load(resumed / "backbone.pth")["state_dict"])
+    # Any checkpoint exports its EMA teacher as a backbone file, with the run's bands and normalisation.
+    exported = load_backbone(ck.export_backbone(folders[1], tmp_path / "teacher_4.pth"))
+    final = load_backbone(whole / "backbone.pth")
+    _equal(exported.state_dict(), final.state_dict())
+    assert exported.meta.replace(source=final.meta.source) == final.meta and final.meta.weights == "geodino"
+    earlier = load_backbone(ck.export_backbone(folders[0], tmp_path / "teacher_2.pth"))
+    assert not torch.equal(earlier.blocks[0].mlp.fc1.weight, final.blocks[0].mlp.fc1.weight)
     shard = next(p for p in folders[1].iterdir() if p.suffix == ".distcp")
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
