@@ -112,17 +112,24 @@ def resumable_checkpoint(run_dir: str | Path, warn: Callable[[str], None] | None
     """The newest checkpoint that passes :func:`verify_checkpoint`, or None.
 
     Every newer one that fails is reported through ``warn`` (default :func:`warnings.warn`), naming the file and
-    what is wrong with it, before falling back to the previous one.
+    what is wrong with it, before falling back to the previous one. Across ranks, rank 0 checks (one read of the
+    files, one warning) and every rank gets its answer.
     """
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
-    for _, path in reversed(list_checkpoints(run_dir)):
-        try:
-            verify_checkpoint(path)
-        except CheckpointInvalidError as exc:
-            warn(f"{exc}; falling back to the previous checkpoint")
-            continue
-        return path
-    return None
+    rank, world = _dist()
+    found: Path | None = None
+    if rank == 0:
+        for _, path in reversed(list_checkpoints(run_dir)):
+            try:
+                verify_checkpoint(path)
+            except CheckpointInvalidError as exc:
+                warn(f"{exc}; falling back to the previous checkpoint")
+                continue
+            found = path
+            break
+    if world > 1:
+        found = _gather(found)[0]
+    return found
 
 
 # ------------------------------------------------------------------------------------------- checksums
@@ -327,11 +334,16 @@ def save_checkpoint(
         msd, osd = get_state_dict(model, optimizer)  # each rank's own shards
         _barrier()  # the temporary folder is clean before anyone writes into it
         dcp.save({"model": msd, "optimizer": osd}, storage_writer=dcp.FileSystemWriter(str(tmp), sync_files=True))
+        # Each rank hashes the shard files it wrote (DCP names them "__<rank>_<n>.distcp"), in parallel.
+        own = {p.name: _sha256(p) for p in sorted(tmp.glob(f"__{rank}_*.distcp"))}
+        sums = {name: digest for part in _gather(own) for name, digest in part.items()}
         if rank == 0:
             torch.save(extra, tmp / EXTRA)
             _fsync_file(tmp / EXTRA)
-            sums = "".join(f"{_sha256(p)}  {p.name}\n" for p in sorted(tmp.iterdir()) if p.is_file())
-            _write_durable(tmp / MANIFEST, sums)
+            for p in sorted(tmp.iterdir()):  # .metadata, extra.pt and any file DCP named otherwise
+                if p.is_file() and p.name not in sums:
+                    sums[p.name] = _sha256(p)
+            _write_durable(tmp / MANIFEST, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
             _remove(final)
             os.replace(tmp, final)
             _fsync_dir(folder)
@@ -399,10 +411,15 @@ class ResumeState:
         return self.ranks[rank] if rank < len(self.ranks) else self.ranks[0]
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> ResumeState:
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, verify: bool = True
+) -> ResumeState:
     """Check, then restore model and optimiser from a checkpoint file or DCP folder. Called by EVERY rank.
 
     The model may be wrapped differently from the one saved (plain, DDP, FSDP2 on any number of ranks).
+
+    Args:
+        verify: check the checksums first (False when :func:`resumable_checkpoint` just did).
 
     Raises:
         CheckpointInvalidError: the checksum does not match, or it is not a pretraining checkpoint.
@@ -411,7 +428,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     path = Path(path)
-    verify_checkpoint(path)
+    if verify:
+        verify_checkpoint(path)
     try:
         if path.suffix == ".dcp":
             import torch.distributed.checkpoint as dcp

@@ -348,7 +348,8 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     model = SSLMetaArch(cfg)
     model.to(device)
     optimizer = model.make_optimizer()
-    resumed = load_checkpoint(ckpt, model, optimizer) if ckpt is not None else None
+    # prepare_run checked the checksums (resumable_checkpoint)
+    resumed = load_checkpoint(ckpt, model, optimizer, verify=False) if ckpt is not None else None
     start = resumed.iteration if resumed is not None else 0
     if start >= t.steps:
         raise RunError(f"{run_dir}: the run already reached step {start} of train.steps={t.steps}; raise --steps")
