@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 __all__ = [
     "MISSING",
+    "CheckpointConfig",
     "ConfigError",
     "CropsConfig",
     "DataConfig",
@@ -188,6 +189,16 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Resumable checkpoints (written every train.checkpoint_every steps and at the end)."""
+
+    keep: int = 2  # the newest k checkpoints are kept, older ones deleted (milestones excepted)
+    milestone_every: int = 0  # also keep every checkpoint whose step is a multiple of this; 0: none
+    # "file": one .pth written by rank 0; "dcp": a torch.distributed.checkpoint folder, every rank writing its shards
+    format: Literal["auto", "file", "dcp"] = "auto"  # "auto": dcp when the model holds FSDP2-sharded parameters
+
+
+@dataclass
 class DiagnosticsConfig:
     """The patch-similarity diagnostic and the optional dense linear probe (every train.diagnostic_every steps)."""
 
@@ -214,6 +225,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # EMA teacher
     train: TrainConfig = field(default_factory=TrainConfig)  # loop
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # resumable checkpoints
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # probe set and linear probe
 
     @property
@@ -428,6 +440,8 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         problems.append(f"gram.update_frequency={cfg.gram.update_frequency} must be >= 1 or null")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1:
         problems.append("train.steps and train.batch_size must be >= 1")
+    if cfg.checkpoint.keep < 1 or cfg.checkpoint.milestone_every < 0:
+        problems.append("checkpoint.keep must be >= 1 and checkpoint.milestone_every >= 0")
     if c.n_global == 1 and c.n_local == 0:
         problems.append("one global crop and no local crops leave the DINO loss no crop pair to compare")
     if problems:

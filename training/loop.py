@@ -5,8 +5,9 @@ A run folder holds:
 - ``config.yaml``: the resolved configuration, written before anything else runs;
 - ``metrics.csv``: a header row, then one row per logged step (:data:`COLUMNS`; diagnostic columns are empty
   except at diagnostic steps);
-- ``checkpoints/checkpoint_<step>.pth``: model (student, teachers, heads, loss centres), optimiser and iteration,
-  the last :data:`KEEP_CHECKPOINTS` kept;
+- ``checkpoints/checkpoint_<step>.pth`` (or a sharded ``.dcp`` folder under FSDP2): everything a run resumes from
+  exactly (model, optimiser, iteration, every RNG, the window stream's position; see
+  :mod:`geodino.training.checkpoint`), the newest ``checkpoint.keep`` plus milestones kept;
 - ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads.
 
 TensorBoard event files are written too when the ``tensorboard`` package is importable.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,12 +30,32 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from geodino.training.checkpoint import (
+    KEEP_CHECKPOINTS,
+    RunError,
+    check_same_run,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    resumable_checkpoint,
+    save_checkpoint,
+)
 from geodino.training.data.windows import TrainingDataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from geodino.training.config import PretrainConfig
 
-__all__ = ["COLUMNS", "KEEP_CHECKPOINTS", "DataPipeline", "RunError", "build_data", "latest_checkpoint", "train"]
+__all__ = [
+    "COLUMNS",
+    "KEEP_CHECKPOINTS",
+    "DataPipeline",
+    "RunError",
+    "build_data",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]
 
 #: metrics.csv columns, in order.
 COLUMNS = (
@@ -63,11 +83,6 @@ COLUMNS = (
     "probe_miou",
 )
 LOSS_COLUMNS = ("dino_global", "dino_local", "ibot", "koleo", "gram")
-KEEP_CHECKPOINTS = 2
-
-
-class RunError(ValueError):
-    """A run folder or checkpoint that cannot be used as asked."""
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -91,6 +106,7 @@ def build_data(
         TrainingDataError: unreadable paths, wrong band counts, windows larger than every raster, too much nodata.
     """
     from geodino.training.data import MultiCrop, MultiCropCollate, RasterWindows, normalization_stats, open_sources
+    from geodino.training.data.windows import IndexedCollate, seed_worker
 
     d, c = cfg.data, cfg.crops
     window = d.window_size or c.global_size
@@ -138,13 +154,17 @@ def build_data(
         aspect=tuple(m.aspect_ratio),
     )
     workers = cfg.train.num_workers
+    windows.num_workers = max(1, workers)
     loader = torch.utils.data.DataLoader(
         windows,
         batch_size=cfg.train.batch_size,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=IndexedCollate(collate),  # batches say how far the stream went (resumable position)
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=seed_worker,
+        # Its own generator: starting the loader draws nothing from torch's global one (restored on resume).
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
     return DataPipeline(windows, loader, mean, std, where)
 
@@ -198,37 +218,6 @@ def loss_columns(parts: dict[str, Any]) -> dict[str, float]:
         if name in LOSS_COLUMNS:
             out[name] = float(value)
     return out
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of the highest step in ``run_dir/checkpoints``, or None."""
-    files = sorted((run_dir / "checkpoints").glob("checkpoint_*.pth"))
-    return files[-1] if files else None
-
-
-def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, iteration: int) -> Path:
-    """Write ``checkpoints/checkpoint_<iteration>.pth`` atomically; keep the last :data:`KEEP_CHECKPOINTS`."""
-    folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"checkpoint_{iteration:08d}.pth"
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration}, tmp)
-    os.replace(tmp, path)
-    for old in sorted(folder.glob("checkpoint_*.pth"))[:-KEEP_CHECKPOINTS]:
-        old.unlink()
-    return path
-
-
-def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> int:
-    """Restore model and optimiser from ``path``; returns the iteration it was saved at."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, KeyError, OSError, ValueError) as exc:
-        raise RunError(f"{path}: cannot resume from this checkpoint: {exc}") from exc
-    return int(state["iteration"])
 
 
 # ------------------------------------------------------------------------------------------------------- loop
@@ -308,13 +297,18 @@ class RunResult:
 
 
 def prepare_run(run_dir: Path, resume: bool) -> Path | None:
-    """Check the run folder; returns the checkpoint to resume from (None for a fresh run)."""
+    """Check the run folder; returns the checkpoint to resume from (None for a fresh run).
+
+    On resume that is the newest checkpoint that passes its checksum; newer ones that fail are warned about.
+    """
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise RunError(f"{run_dir}: no config.yaml there, so no run to resume")
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
+        if latest_checkpoint(run_dir) is None:
             raise RunError(f"{run_dir}: no checkpoint in {run_dir / 'checkpoints'} to resume from")
+        ckpt = resumable_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunError(f"{run_dir}: every checkpoint in {run_dir / 'checkpoints'} is corrupt or incomplete")
         return ckpt
     if (run_dir / "metrics.csv").exists() or latest_checkpoint(run_dir) is not None:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
@@ -354,11 +348,23 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     model = SSLMetaArch(cfg)
     model.to(device)
     optimizer = model.make_optimizer()
-    start = load_checkpoint(ckpt, model, optimizer) if ckpt is not None else 0
+    # prepare_run checked the checksums (resumable_checkpoint)
+    resumed = load_checkpoint(ckpt, model, optimizer, verify=False) if ckpt is not None else None
+    start = resumed.iteration if resumed is not None else 0
     if start >= t.steps:
         raise RunError(f"{run_dir}: the run already reached step {start} of train.steps={t.steps}; raise --steps")
     teacher = model.teacher["backbone"]
-    data = build_data(cfg, teacher, epoch=start, rank=rank, world_size=world)
+    data = build_data(cfg, teacher, rank=rank, world_size=world)
+    mine = resumed.for_rank(rank) if resumed is not None else None
+    if resumed is not None and mine is not None:
+        check_same_run(resumed, t.steps, _warn)
+        exact = data.windows.load_state_dict(mine["data"], [r["data"] for r in resumed.ranks])
+        if not exact or resumed.world_size != world:
+            _warn(
+                f"{resumed.path}: saved on {resumed.world_size} rank(s) x {mine['data']['num_workers']} worker(s), "
+                f"resumed on {world} x {data.windows.num_workers}: the window stream continues past every window "
+                "already seen, but not with the batches an uninterrupted run would have drawn"
+            )
     meta = trained_meta(teacher.meta, data)
     for module in (model.student["backbone"], teacher):
         module.meta = meta  # what the exported backbone carries: these bands and this normalisation
@@ -373,14 +379,18 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     )
     batches = _batches(data.loader)
     model.train()
+    if mine is not None:
+        restore_rng(mine["rng"])  # last: whatever the set-up drew, the steps draw as the uninterrupted run did
     tic, timed = time.perf_counter(), 0  # images/s over the steps since the last row (diagnostics excluded)
     try:
         for it in range(start, t.steps):
-            batch = _to(next(batches), device)
+            raw = next(batches)
+            data.windows.advance(raw.pop("last_index"))
+            batch = _to(raw, device)
             total, parts, values = train_step(model, optimizer, schedules, batch, it)
             step, timed = it + 1, timed + 1
             diag = t.diagnostic_every > 0 and (step % t.diagnostic_every == 0 or step == t.steps)
-            logged = step % t.log_every == 0 or diag or step == t.steps or it == start
+            logged = step % t.log_every == 0 or diag or step == t.steps or step == 1
             if logged:
                 rate = t.batch_size * timed / max(time.perf_counter() - tic, 1e-9)
                 total, parts = _rank_mean(total, parts)
@@ -401,8 +411,19 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     metrics.write(row)
                 sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag and lead else ""
                 log(f"step {step}/{t.steps} loss {float(total):.4f} lr {values['lr']:.2e}{sim}")
-            if lead and (step % t.checkpoint_every == 0 or step == t.steps):
-                save_checkpoint(run_dir, model, optimizer, step)
+            if step % t.checkpoint_every == 0 or step == t.steps:  # every rank: states are gathered, DCP shards
+                ck = cfg.checkpoint
+                save_checkpoint(
+                    run_dir,
+                    model,
+                    optimizer,
+                    step,
+                    rank_state={"data": data.windows.state_dict()},
+                    meta={"steps": t.steps, "backbone_meta": meta.to_dict()},
+                    keep=ck.keep,
+                    milestone_every=ck.milestone_every,
+                    sharded=None if ck.format == "auto" else ck.format == "dcp",
+                )
             if logged:
                 tic, timed = time.perf_counter(), 0
     finally:
@@ -429,6 +450,12 @@ def _rank_mean(total: torch.Tensor, parts: dict[str, Any]) -> tuple[torch.Tensor
 
 def _quiet(*_: Any) -> None:
     """The log of ranks other than 0."""
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)
 
 
 def trained_meta(meta: Any, data: DataPipeline) -> Any:
