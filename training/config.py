@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from geodino.training.parallel import ParallelConfig
+
 __all__ = [
     "MISSING",
     "ConfigError",
@@ -120,7 +122,7 @@ class LossConfig:
     dino_weight: float = 1.0  # weight of the DINO (cls token) loss, split into global/local as in the release
     ibot_weight: float = 1.0  # weight of the iBOT (masked patch) loss
     koleo_weight: float = 0.1  # weight of KoLeo (summed over global crops)
-    koleo_distributed: bool = False  # nearest neighbours over every rank's batch instead of this rank's
+    koleo_distributed: bool = True  # nearest neighbours over every rank's batch (one big batch) instead of this rank's
     centering: Centering = "sinkhorn_knopp"  # teacher target normalisation for DINO and iBOT
     student_temp: float = 0.1  # student softmax temperature (DINO and iBOT)
 
@@ -215,6 +217,7 @@ class PretrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # EMA teacher
     train: TrainConfig = field(default_factory=TrainConfig)  # loop
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # probe set and linear probe
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # ranks (DDP/FSDP2), compile, data loading
 
     @property
     def gram_teacher_size(self) -> int:

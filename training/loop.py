@@ -52,6 +52,8 @@ COLUMNS = (
     "teacher_temp",
     "gram_weight",
     "images_per_s",
+    "mfu",
+    "data_wait_s",
     "patch_sim_mean",
     "patch_sim_std",
     "patch_sim_q05",
@@ -137,14 +139,16 @@ def build_data(
         min_block=m.min_num_patches,
         aspect=tuple(m.aspect_ratio),
     )
-    workers = cfg.train.num_workers
+    workers, par = cfg.train.num_workers, cfg.parallel
+    pin = par.pin_memory if par.pin_memory is not None else _device(cfg.train.device).type == "cuda"
     loader = torch.utils.data.DataLoader(
         windows,
         batch_size=cfg.train.batch_size,
         num_workers=workers,
         collate_fn=collate,
         persistent_workers=workers > 0,
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=par.prefetch_factor if workers > 0 else None,
+        pin_memory=pin,
     )
     return DataPipeline(windows, loader, mean, std, where)
 
@@ -207,13 +211,20 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return files[-1] if files else None
 
 
-def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, iteration: int) -> Path:
-    """Write ``checkpoints/checkpoint_<iteration>.pth`` atomically; keep the last :data:`KEEP_CHECKPOINTS`."""
+def save_checkpoint(
+    run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, iteration: int, gathered: tuple | None = None
+) -> Path:
+    """Write ``checkpoints/checkpoint_<iteration>.pth`` atomically; keep the last :data:`KEEP_CHECKPOINTS`.
+
+    ``gathered``: (model state, optimiser state) already gathered from FSDP2 shards
+    (:func:`geodino.training.parallel.gathered_state`); None: the modules' own state dicts.
+    """
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"checkpoint_{iteration:08d}.pth"
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration}, tmp)
+    model_state, optim_state = gathered or (model.state_dict(), optimizer.state_dict())
+    torch.save({"model": model_state, "optimizer": optim_state, "iteration": iteration}, tmp)
     os.replace(tmp, path)
     for old in sorted(folder.glob("checkpoint_*.pth"))[:-KEEP_CHECKPOINTS]:
         old.unlink()
@@ -221,11 +232,12 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer,
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> int:
-    """Restore model and optimiser from ``path``; returns the iteration it was saved at."""
+    """Restore model and optimiser from ``path`` (sharded like them under FSDP2); returns the iteration saved at."""
+    from geodino.training.parallel import load_state
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_state(model, optimizer, state["model"], state["optimizer"])
     except (RuntimeError, KeyError, OSError, ValueError) as exc:
         raise RunError(f"{path}: cannot resume from this checkpoint: {exc}") from exc
     return int(state["iteration"])
@@ -276,6 +288,7 @@ def train_step(
     Returns:
         (total loss, its named parts, the scheduled values used).
     """
+    from geodino.training.parallel import syncs_gradients
     from geodino.training.param_groups import apply_schedules, last_layer_frozen
 
     values = schedules.at(iteration)
@@ -287,7 +300,8 @@ def train_step(
     )
     optimizer.zero_grad(set_to_none=True)
     total, parts = model.forward_backward(batch, iteration=iteration, teacher_temp=values["teacher_temp"])
-    average_gradients(model.student)
+    if not syncs_gradients(model):  # DDP / FSDP2 averaged them during the backward
+        average_gradients(model.student)
     if not math.isfinite(float(total)):
         raise RunError(f"the loss became {float(total)} at step {iteration}; lower optim.lr or check the data")
     model.clip_gradients()
@@ -333,11 +347,14 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     Returns:
         :class:`RunResult`.
     """
+    from geodino.models.checkpoint import save_backbone
     from geodino.training.config import save_config
     from geodino.training.diagnostics import probe_images, run_diagnostics
     from geodino.training.distributed import get_rank, get_world_size
     from geodino.training.meta_arch import SSLMetaArch
+    from geodino.training.parallel import gathered_state, is_sharded, plain_backbone, wrap_model
     from geodino.training.schedules import build_schedules
+    from geodino.training.throughput import Throughput
 
     run_dir = Path(run_dir)
     ckpt = prepare_run(run_dir, resume)
@@ -353,6 +370,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     device = _device(t.device)
     model = SSLMetaArch(cfg)
     model.to(device)
+    wrap_model(model, cfg.parallel, device)  # before the optimiser: FSDP2 replaces the parameters
     optimizer = model.make_optimizer()
     start = load_checkpoint(ckpt, model, optimizer) if ckpt is not None else 0
     if start >= t.steps:
@@ -369,20 +387,24 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     log = log if lead else _quiet
     log(
         f"pretraining {cfg.student.arch} on {len(data.windows.sources)} raster(s), normalisation from "
-        f"{data.normalization}; steps {start}..{t.steps} on {device}" + (f", {world} ranks" if world > 1 else "")
+        f"{data.normalization}; steps {start}..{t.steps} on {device}"
+        + (f", {world} ranks ({model.parallel_strategy})" if world > 1 else "")
     )
     batches = _batches(data.loader)
     model.train()
-    tic, timed = time.perf_counter(), 0  # images/s over the steps since the last row (diagnostics excluded)
+    speed = Throughput.for_run(cfg, device, world)
+    tic, timed, waited = time.perf_counter(), 0, 0.0  # rates over the steps since the last row (no diagnostics)
     try:
         for it in range(start, t.steps):
+            t_wait = time.perf_counter()
             batch = _to(next(batches), device)
+            waited += time.perf_counter() - t_wait
             total, parts, values = train_step(model, optimizer, schedules, batch, it)
             step, timed = it + 1, timed + 1
             diag = t.diagnostic_every > 0 and (step % t.diagnostic_every == 0 or step == t.steps)
             logged = step % t.log_every == 0 or diag or step == t.steps or it == start
             if logged:
-                rate = t.batch_size * timed / max(time.perf_counter() - tic, 1e-9)
+                rate = speed.images_per_s(timed, time.perf_counter() - tic)  # over all ranks
                 total, parts = _rank_mean(total, parts)
                 row: dict[str, Any] = {
                     "step": step,
@@ -393,23 +415,35 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     "momentum": values["momentum"],
                     "teacher_temp": values["teacher_temp"],
                     "gram_weight": values["gram_weight"],
-                    "images_per_s": rate * world,
+                    "images_per_s": rate,
+                    "mfu": speed.mfu(rate),
+                    "data_wait_s": waited / timed,  # this rank's mean wait for its next batch per step
                 }
-                if diag and lead:
-                    row.update(run_diagnostics(teacher, probe, model.gram_teacher, probe_fn))
+                if diag:
+                    # FSDP2: every rank gathers the shards, rank 0 runs the diagnostics on whole copies
+                    diag_teacher = plain_backbone(teacher)
+                    diag_gram = plain_backbone(model.gram_teacher) if model.gram_teacher is not None else None
+                    if lead:
+                        row.update(run_diagnostics(diag_teacher, probe, diag_gram, probe_fn))
                 if metrics is not None:
                     metrics.write(row)
                 sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag and lead else ""
                 log(f"step {step}/{t.steps} loss {float(total):.4f} lr {values['lr']:.2e}{sim}")
-            if lead and (step % t.checkpoint_every == 0 or step == t.steps):
-                save_checkpoint(run_dir, model, optimizer, step)
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                gathered = gathered_state(model, optimizer)  # FSDP2: every rank gathers; else None
+                if lead:
+                    save_checkpoint(run_dir, model, optimizer, step, gathered)
             if logged:
-                tic, timed = time.perf_counter(), 0
+                tic, timed, waited = time.perf_counter(), 0, 0.0
     finally:
         if metrics is not None:
             metrics.close()
     out = run_dir / "backbone.pth"
-    if lead:
+    if is_sharded(model):  # every rank gathers the shards, rank 0 writes
+        export = plain_backbone(teacher)
+        if lead:
+            save_backbone(export, out)
+    elif lead:
         model.export_teacher_backbone(out)
     _barrier()
     return RunResult(run_dir, start, t.steps, out, model)
