@@ -167,7 +167,10 @@ def _wrap_ddp(model: nn.Module, device: torch.device) -> None:
     # Without local crops the local-crop norm is never used; DDP must then look for unused parameters each step.
     unused = model.cfg.crops.n_local == 0 and getattr(backbone, "local_cls_norm", None) is not None
     stage = stage_module(model, "get_student_output", model.student)
-    ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+    import torch
+
+    # "cuda" without an index is the process's current GPU (set to LOCAL_RANK where the process group is made)
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     ddp = DistributedDataParallel(stage, device_ids=ids, find_unused_parameters=unused)
     _set_stage(model, "get_student_output", ddp)
 
