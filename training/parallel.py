@@ -28,6 +28,7 @@ Sinkhorn-Knopp and softmax centring all-reduce over the ranks, and KoLeo searche
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -180,6 +181,9 @@ def _wrap_fsdp2(model: nn.Module, cfg: ParallelConfig, device: torch.device, wor
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # The stages return views (slices of the token tensors); compute_losses reads them out of place only, so the
+    # in-place hazard FSDP2 warns of does not arise (the two-rank test checks the gradients against one process).
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(device.type, (world,))
     policy = None
     if cfg.mixed_precision and device.type == "cuda":
@@ -209,28 +213,37 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- state
-def _full(value: Any) -> Any:
-    """DTensors (recursively in dicts and lists) replaced by their full tensors; a collective for each DTensor."""
+def _full(value: Any, keep: bool) -> Any:
+    """DTensors (recursively in dicts and lists) replaced by their full tensors on the CPU; a collective for each.
+
+    One tensor at a time is whole on the device. With ``keep`` false the gathered tensors are dropped (None): the
+    ranks that take part in the gathers but write nothing hold no full copy.
+    """
     from torch.distributed.tensor import DTensor
 
     if isinstance(value, DTensor):
-        return value.full_tensor()
+        full = value.full_tensor()
+        return full.cpu() if keep else None
     if isinstance(value, dict):
-        return {k: _full(v) for k, v in value.items()}
+        return {k: _full(v, keep) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_full(v) for v in value)
+        return type(value)(_full(v, keep) for v in value)
     return value
 
 
 def gathered_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
-    """Model and optimiser state dicts with full (unsharded) tensors, for a file any world size can load.
+    """Model and optimiser state dicts with full (unsharded) tensors on the CPU, for a file any world size loads.
 
-    Every rank must call it (the gathers are collectives); each rank gets the full state. None when the model is
-    not sharded (the modules' own state dicts are already full).
+    Every rank must call it (the gathers are collectives); rank 0 gets the state, the others None. None on every
+    rank when the model is not sharded (the modules' own state dicts are already full).
     """
+    from geodino.training.distributed import get_rank
+
     if not is_sharded(model):
         return None
-    return _full(model.state_dict()), _full(optimizer.state_dict())
+    keep = get_rank() == 0
+    state = _full(model.state_dict(), keep), _full(optimizer.state_dict(), keep)
+    return state if keep else None
 
 
 def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
@@ -270,16 +283,23 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: 
 def plain_backbone(backbone: nn.Module) -> nn.Module | None:
     """An unsharded copy of an FSDP2-sharded backbone (for diagnostics and export), or the backbone itself.
 
-    Every rank must call it when sharded (the gathers are collectives); every rank gets a copy on the CPU.
+    Every rank must call it when sharded (the gathers are collectives); rank 0 gets a copy on the CPU, the others
+    None.
     """
     from torch.distributed.tensor import DTensor
+
+    from geodino.training.distributed import get_rank
 
     state = backbone.state_dict()
     if not any(isinstance(v, DTensor) for v in state.values()):
         return backbone
     import torch
 
-    full = {k: v.detach().cpu() for k, v in _full(state).items()}
+    keep = get_rank() == 0
+    full = _full(state, keep)
+    if not keep:
+        return None
+    full = {k: v.detach().cpu() for k, v in full.items()}
     with torch.random.fork_rng(devices=[]):  # the copy's initialisation leaves the training RNG untouched
         copy = type(backbone)(backbone.config)
     copy.load_state_dict(full)

@@ -53,13 +53,26 @@ def _losses(total: torch.Tensor, parts: dict) -> torch.Tensor:
     return torch.stack([total.float().reshape(()), *(parts[k].float().reshape(()) for k in LOSS_KEYS)])
 
 
-def _train(cfg, batches: list[dict]) -> tuple:
+def _state_via_file(model, opt, tmp: Path) -> tuple[dict, dict]:
+    """As the loop does: rank 0 writes the (gathered, under FSDP2) state, every rank reads it back."""
+    from geodino.training.distributed import get_rank, is_enabled
+
+    gathered = gathered_state(model, opt)
+    path = tmp / "state.pt"
+    if get_rank() == 0:
+        torch.save(gathered or (model.state_dict(), opt.state_dict()), path)
+    if is_enabled():
+        dist.barrier()
+    return torch.load(path, weights_only=False)
+
+
+def _train(cfg, batches: list[dict], tmp: Path) -> tuple:
     """STEPS steps; then step STEPS twice from the same RNG state: by this model and by a fresh one that loads
     this model's gathered state (a resume)."""
     model, opt = _model(cfg)
     schedules = build_schedules(cfg)
     losses = [_losses(*train_step(model, opt, schedules, b, it)[:2]) for it, b in enumerate(batches[:STEPS])]
-    state = gathered_state(model, opt) or (model.state_dict(), opt.state_dict())
+    state = _state_via_file(model, opt, tmp)
     student = {k: v.clone() for k, v in state[0].items()}
     resumed, resumed_opt = _model(cfg)
     load_state(resumed, resumed_opt, *state)
@@ -76,7 +89,7 @@ def _worker(rank: int, store: str, strategy: str, batches: list[dict], out_dir: 
     try:
         cfg = _config(strategy)
         losses, weights, state, next_loss, resumed_loss, model = _train(
-            cfg, [shard_batch(b, rank, WORLD) for b in batches]
+            cfg, [shard_batch(b, rank, WORLD) for b in batches], Path(out_dir)
         )
         result = {
             "losses": losses,
@@ -94,14 +107,14 @@ def _worker(rank: int, store: str, strategy: str, batches: list[dict], out_dir: 
 
 
 @pytest.fixture(scope="module")
-def reference() -> tuple:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """One process on the global batches (4 images each): (batches, losses, weights, next-step loss)."""
     cfg = _config("none")
     batches = [random_batch(cfg, WORLD * B, seed=it) for it in range(STEPS + 1)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        losses, weights, _, next_loss, resumed_loss, _ = _train(cfg, batches)
+        losses, weights, _, next_loss, resumed_loss, _ = _train(cfg, batches, tmp_path_factory.mktemp("reference"))
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(resumed_loss, next_loss, rtol=0, atol=0)  # a plain resume is exact
