@@ -433,6 +433,7 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         problems.append("train.steps and train.batch_size must be >= 1")
     if c.n_global == 1 and c.n_local == 0:
         problems.append("one global crop and no local crops leave the DINO loss no crop pair to compare")
+    problems += cfg.parallel.problems()
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg

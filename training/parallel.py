@@ -70,6 +70,15 @@ class ParallelConfig:
     prefetch_factor: int = 2  # batches each data-loader worker prepares ahead (with train.num_workers > 0)
     peak_tflops: float | None = None  # the device's peak TFLOP/s for the mfu column; None: a table of known GPUs
 
+    def problems(self) -> list[str]:
+        """What is wrong with these settings (the configuration's validation reports it), as sentences."""
+        out = []
+        if self.prefetch_factor < 1:
+            out.append(f"parallel.prefetch_factor={self.prefetch_factor} must be >= 1")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            out.append(f"parallel.peak_tflops={self.peak_tflops} must be > 0 or null")
+        return out
+
 
 # ------------------------------------------------------------------------------------------------ wrapping
 @functools.cache
@@ -283,8 +292,8 @@ def load_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: 
 def plain_backbone(backbone: nn.Module) -> nn.Module | None:
     """An unsharded copy of an FSDP2-sharded backbone (for diagnostics and export), or the backbone itself.
 
-    Every rank must call it when sharded (the gathers are collectives); rank 0 gets a copy on the CPU, the others
-    None.
+    Every rank must call it when sharded (the gathers are collectives); rank 0 gets a copy on the shards' device,
+    the others None.
     """
     from torch.distributed.tensor import DTensor
 
@@ -304,4 +313,4 @@ def plain_backbone(backbone: nn.Module) -> nn.Module | None:
         copy = type(backbone)(backbone.config)
     copy.load_state_dict(full)
     copy.meta = backbone.meta
-    return copy.eval()
+    return copy.to(backbone.cls_token.device).eval()  # where the shards live (diagnostics run there)

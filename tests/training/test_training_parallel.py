@@ -173,3 +173,16 @@ def test_one_process_wraps_nothing_and_activation_checkpointing_keeps_the_math(t
     torch.testing.assert_close(t1, t0, rtol=0, atol=0)
     for key in g0:
         torch.testing.assert_close(g1[key], g0[key], rtol=1e-6, atol=1e-7)
+
+
+def test_parallel_settings_are_checked() -> None:
+    from geodino.training.config import ConfigError
+
+    assert load_config("tiny").parallel.strategy == "ddp" and load_config("tiny").loss.koleo_distributed
+    for override, words in (
+        ("parallel.strategy=zero3", "'ddp', 'fsdp2'"),
+        ("parallel.prefetch_factor=0", "must be >= 1"),
+        ("parallel.peak_tflops=-1", "must be > 0"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            load_config("tiny", [override])
