@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from geodino.training.parallel import ParallelConfig
+
 __all__ = [
     "MISSING",
     "CheckpointConfig",
@@ -121,7 +123,7 @@ class LossConfig:
     dino_weight: float = 1.0  # weight of the DINO (cls token) loss, split into global/local as in the release
     ibot_weight: float = 1.0  # weight of the iBOT (masked patch) loss
     koleo_weight: float = 0.1  # weight of KoLeo (summed over global crops)
-    koleo_distributed: bool = False  # nearest neighbours over every rank's batch instead of this rank's
+    koleo_distributed: bool = True  # nearest neighbours over every rank's batch (one big batch) instead of this rank's
     centering: Centering = "sinkhorn_knopp"  # teacher target normalisation for DINO and iBOT
     student_temp: float = 0.1  # student softmax temperature (DINO and iBOT)
 
@@ -227,6 +229,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # loop
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # resumable checkpoints
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # probe set and linear probe
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # ranks (DDP/FSDP2), compile, data loading
 
     @property
     def gram_teacher_size(self) -> int:
@@ -444,6 +447,7 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         problems.append("checkpoint.keep must be >= 1 and checkpoint.milestone_every >= 0")
     if c.n_global == 1 and c.n_local == 0:
         problems.append("one global crop and no local crops leave the DINO loss no crop pair to compare")
+    problems += cfg.parallel.problems()
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg

@@ -72,6 +72,8 @@ COLUMNS = (
     "teacher_temp",
     "gram_weight",
     "images_per_s",
+    "mfu",
+    "data_wait_s",
     "patch_sim_mean",
     "patch_sim_std",
     "patch_sim_q05",
@@ -153,15 +155,17 @@ def build_data(
         min_block=m.min_num_patches,
         aspect=tuple(m.aspect_ratio),
     )
-    workers = cfg.train.num_workers
+    workers, par = cfg.train.num_workers, cfg.parallel
     windows.num_workers = max(1, workers)
+    pin = par.pin_memory if par.pin_memory is not None else _device(cfg.train.device).type == "cuda"
     loader = torch.utils.data.DataLoader(
         windows,
         batch_size=cfg.train.batch_size,
         num_workers=workers,
         collate_fn=IndexedCollate(collate),  # batches say how far the stream went (resumable position)
         persistent_workers=workers > 0,
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=par.prefetch_factor if workers > 0 else None,
+        pin_memory=pin,
         worker_init_fn=seed_worker,
         # Its own generator: starting the loader draws nothing from torch's global one (restored on resume).
         generator=torch.Generator().manual_seed(cfg.train.seed),
@@ -265,6 +269,7 @@ def train_step(
     Returns:
         (total loss, its named parts, the scheduled values used).
     """
+    from geodino.training.parallel import syncs_gradients
     from geodino.training.param_groups import apply_schedules, last_layer_frozen
 
     values = schedules.at(iteration)
@@ -276,7 +281,8 @@ def train_step(
     )
     optimizer.zero_grad(set_to_none=True)
     total, parts = model.forward_backward(batch, iteration=iteration, teacher_temp=values["teacher_temp"])
-    average_gradients(model.student)
+    if not syncs_gradients(model):  # DDP / FSDP2 averaged them during the backward
+        average_gradients(model.student)
     if not math.isfinite(float(total)):
         raise RunError(f"the loss became {float(total)} at step {iteration}; lower optim.lr or check the data")
     model.clip_gradients()
@@ -327,11 +333,14 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     Returns:
         :class:`RunResult`.
     """
+    from geodino.models.checkpoint import save_backbone
     from geodino.training.config import save_config
     from geodino.training.diagnostics import probe_images, run_diagnostics
     from geodino.training.distributed import get_rank, get_world_size
     from geodino.training.meta_arch import SSLMetaArch
+    from geodino.training.parallel import is_sharded, plain_backbone, wrap_model
     from geodino.training.schedules import build_schedules
+    from geodino.training.throughput import Throughput
 
     run_dir = Path(run_dir)
     ckpt = prepare_run(run_dir, resume)
@@ -347,6 +356,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     device = _device(t.device)
     model = SSLMetaArch(cfg)
     model.to(device)
+    wrap_model(model, cfg.parallel, device)  # before the optimiser: FSDP2 replaces the parameters
     optimizer = model.make_optimizer()
     # prepare_run checked the checksums (resumable_checkpoint)
     resumed = load_checkpoint(ckpt, model, optimizer, verify=False) if ckpt is not None else None
@@ -375,16 +385,20 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     log = log if lead else _quiet
     log(
         f"pretraining {cfg.student.arch} on {len(data.windows.sources)} raster(s), normalisation from "
-        f"{data.normalization}; steps {start}..{t.steps} on {device}" + (f", {world} ranks" if world > 1 else "")
+        f"{data.normalization}; steps {start}..{t.steps} on {device}"
+        + (f", {world} ranks ({model.parallel_strategy})" if world > 1 else "")
     )
     batches = _batches(data.loader)
     model.train()
     if mine is not None:
         restore_rng(mine["rng"])  # last: whatever the set-up drew, the steps draw as the uninterrupted run did
-    tic, timed = time.perf_counter(), 0  # images/s over the steps since the last row (diagnostics excluded)
+    speed = Throughput.for_run(cfg, device, world)
+    tic, timed, waited = time.perf_counter(), 0, 0.0  # rates over the steps since the last row (no diagnostics)
     try:
         for it in range(start, t.steps):
+            t_wait = time.perf_counter()
             raw = next(batches)
+            waited += time.perf_counter() - t_wait
             data.windows.advance(raw.pop("last_index"))
             batch = _to(raw, device)
             total, parts, values = train_step(model, optimizer, schedules, batch, it)
@@ -392,7 +406,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
             diag = t.diagnostic_every > 0 and (step % t.diagnostic_every == 0 or step == t.steps)
             logged = step % t.log_every == 0 or diag or step == t.steps or step == 1
             if logged:
-                rate = t.batch_size * timed / max(time.perf_counter() - tic, 1e-9)
+                rate = speed.images_per_s(timed, time.perf_counter() - tic)  # over all ranks
                 total, parts = _rank_mean(total, parts)
                 row: dict[str, Any] = {
                     "step": step,
@@ -403,10 +417,16 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     "momentum": values["momentum"],
                     "teacher_temp": values["teacher_temp"],
                     "gram_weight": values["gram_weight"],
-                    "images_per_s": rate * world,
+                    "images_per_s": rate,
+                    "mfu": speed.mfu(rate),
+                    "data_wait_s": waited / timed,  # this rank's mean wait for its next batch per step
                 }
-                if diag and lead:
-                    row.update(run_diagnostics(teacher, probe, model.gram_teacher, probe_fn))
+                if diag:
+                    # FSDP2: every rank gathers the shards, rank 0 runs the diagnostics on whole copies
+                    diag_teacher = plain_backbone(teacher)
+                    diag_gram = plain_backbone(model.gram_teacher) if model.gram_teacher is not None else None
+                    if lead:
+                        row.update(run_diagnostics(diag_teacher, probe, diag_gram, probe_fn))
                 if metrics is not None:
                     metrics.write(row)
                 sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag and lead else ""
@@ -425,12 +445,16 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     sharded=None if ck.format == "auto" else ck.format == "dcp",
                 )
             if logged:
-                tic, timed = time.perf_counter(), 0
+                tic, timed, waited = time.perf_counter(), 0, 0.0
     finally:
         if metrics is not None:
             metrics.close()
     out = run_dir / "backbone.pth"
-    if lead:
+    if is_sharded(model):  # every rank gathers the shards, rank 0 writes
+        export = plain_backbone(teacher)
+        if lead:
+            save_backbone(export, out)
+    elif lead:
         model.export_teacher_backbone(out)
     _barrier()
     return RunResult(run_dir, start, t.steps, out, model)
