@@ -75,6 +75,10 @@ def pretrain_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
+    from_run: Annotated[
+        Path | None,
+        typer.Option("--from", help="Previous stage's run folder to start from (init.from_run; hires, distill)."),
+    ] = None,
 ) -> None:
     """Self-supervised pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on rasters.
 
@@ -92,6 +96,8 @@ def pretrain_command(
         overrides.insert(0, "data.paths=" + json.dumps([_absolute(p) for p in paths]))  # JSON is YAML
     if steps is not None:
         overrides.append(f"train.steps={steps}")
+    if from_run is not None:
+        overrides.append("init.from_run=" + json.dumps(_absolute(str(from_run))))
     try:
         if resume:
             saved = out / "config.yaml"

@@ -7,7 +7,8 @@ A run folder holds:
   except at diagnostic steps);
 - ``checkpoints/checkpoint_<step>.pth``: model (student, teachers, heads, loss centres), optimiser and iteration,
   the last :data:`KEEP_CHECKPOINTS` kept;
-- ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads.
+- ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads (distillation: the first
+  student's EMA backbone, the others beside it as ``backbone_<name>.pth``).
 
 TensorBoard event files are written too when the ``tensorboard`` package is importable.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import time
@@ -91,11 +93,13 @@ def build_data(
         TrainingDataError: unreadable paths, wrong band counts, windows larger than every raster, too much nodata.
     """
     from geodino.training.data import MultiCrop, MultiCropCollate, RasterWindows, normalization_stats, open_sources
+    from geodino.training.data.multicrop import MixedSizeCollate
 
     d, c = cfg.data, cfg.crops
-    window = d.window_size or c.global_size
-    if window < c.global_size:
-        raise TrainingDataError(f"data.window_size={window} is smaller than crops.global_size={c.global_size}")
+    largest = max(cfg.global_crop_sizes)
+    window = d.window_size or largest
+    if window < largest:
+        raise TrainingDataError(f"data.window_size={window} is smaller than the largest global crop side {largest}")
     sources = open_sources(d.paths, bands=d.bands, in_chans=backbone.in_chans, mosaic=d.mosaic, window_size=window)
     if d.mean is not None or d.std is not None:
         if d.mean is None or d.std is None or not len(d.mean) == len(d.std) == backbone.in_chans:
@@ -116,6 +120,7 @@ def build_data(
         global_scale=tuple(c.global_scale),
         local_scale=tuple(c.local_scale),
         gram_size=gram_size,
+        defer=mixed_sizes(cfg),
     )
     windows = RasterWindows(
         sources,
@@ -129,14 +134,20 @@ def build_data(
     )
     windows.check()
     m = cfg.masking
-    collate = MultiCropCollate(
+    batcher = functools.partial(
+        MultiCropCollate,
         patch_size=cfg.student.patch_size,
-        global_size=c.global_size,
         mask_probability=m.probability,
         mask_ratio=tuple(m.ratio_min_max),
         min_block=m.min_num_patches,
         aspect=tuple(m.aspect_ratio),
     )
+    if crops.defer:  # one global / local / Gram-teacher size drawn per batch
+        collate = MixedSizeCollate(
+            crops, cfg.global_crop_sizes, cfg.local_crop_sizes, cfg.gram_teacher_sizes if gram_size else None, batcher
+        )
+    else:
+        collate = batcher(global_size=c.global_size)
     workers = cfg.train.num_workers
     loader = torch.utils.data.DataLoader(
         windows,
@@ -147,6 +158,11 @@ def build_data(
         prefetch_factor=2 if workers > 0 else None,
     )
     return DataPipeline(windows, loader, mean, std, where)
+
+
+def mixed_sizes(cfg: PretrainConfig) -> bool:
+    """Whether each batch draws its crop sides from ``crops.global_sizes`` / ``crops.local_sizes``."""
+    return cfg.crops.global_sizes is not None or cfg.crops.local_sizes is not None
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -336,8 +352,8 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     from geodino.training.config import save_config
     from geodino.training.diagnostics import probe_images, run_diagnostics
     from geodino.training.distributed import get_rank, get_world_size
-    from geodino.training.meta_arch import SSLMetaArch
     from geodino.training.schedules import build_schedules
+    from geodino.training.stages import build_model
 
     run_dir = Path(run_dir)
     ckpt = prepare_run(run_dir, resume)
@@ -351,7 +367,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     t = cfg.train
     torch.manual_seed(t.seed)
     device = _device(t.device)
-    model = SSLMetaArch(cfg)
+    model = build_model(cfg)  # SSLMetaArch, continued from init.from_run, or DistillMetaArch
     model.to(device)
     optimizer = model.make_optimizer()
     start = load_checkpoint(ckpt, model, optimizer) if ckpt is not None else 0
@@ -360,7 +376,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     teacher = model.teacher["backbone"]
     data = build_data(cfg, teacher, epoch=start, rank=rank, world_size=world)
     meta = trained_meta(teacher.meta, data)
-    for module in (model.student["backbone"], teacher):
+    for module in model.backbones():
         module.meta = meta  # what the exported backbone carries: these bands and this normalisation
     probe_fn = make_probe(cfg, data)
     schedules = build_schedules(cfg)
@@ -396,7 +412,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     "images_per_s": rate * world,
                 }
                 if diag and lead:
-                    row.update(run_diagnostics(teacher, probe, model.gram_teacher, probe_fn))
+                    row.update(run_diagnostics(model.exported_backbone, probe, model.gram_teacher, probe_fn))
                 if metrics is not None:
                     metrics.write(row)
                 sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag and lead else ""
