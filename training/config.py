@@ -451,6 +451,8 @@ def _read_recipe(recipe: str | Path) -> tuple[dict[str, Any], str]:
 def validate(cfg: PretrainConfig) -> PretrainConfig:
     """Cross-field checks that the types alone cannot express; raises `ConfigError`."""
     backbone_name(cfg.student.arch)
+    if cfg.init.checkpoint is not None and cfg.init.from_run == MISSING:
+        cfg.init.from_run = None  # a checkpoint file names its run folder (RUN/checkpoints/...)
     missing = [key for key, value in _flatten(config_to_dict(cfg)).items() if value == MISSING]
     if missing:
         raise ConfigError(
