@@ -145,6 +145,13 @@ def test_distill_from_the_hires_run_exports_students_that_load(chain, tmp_path):
     assert narrow.forward_features(x)["x_norm_patchtokens"].shape == (1, 16, 32)
     fresh = build_model(cfg)
     assert not _same(_state(fresh.students["narrow"]), _state(trained.students["narrow"]))
+    # The distillation run resumes like any run: teacher, students, EMA copies and optimiser from its checkpoint.
+    more = train(
+        load_config(tmp_path / "distill" / "config.yaml", ["train.steps=4"]), tmp_path / "distill", resume=True
+    )
+    assert (more.start_iteration, more.end_iteration) == (3, 4)
+    assert _same(_state(more.model.teacher), teacher_before)
+    assert [int(r["step"]) for r in _rows(tmp_path / "distill")] == [1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -232,3 +239,16 @@ def test_cli_hires_from_a_run_folder(chain, tmp_path):
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not a folder" in lines[0] and "Traceback" not in bad.stderr
+
+
+def test_full_size_recipes_say_what_the_reference_says():
+    with pytest.raises(ConfigError, match=r"needs a value for init\.from_run"):
+        load_config("hires_adapt")
+    hires = load_config("hires_adapt", ["init.from_run=/runs/gram"])
+    assert hires.global_crop_sizes == [512, 768] and hires.gram_teacher_sizes == [768, 1152]
+    assert hires.local_crop_sizes == [112, 168, 224, 336]
+    g = hires.gram
+    assert g.enabled and g.teacher == "previous" and g.update_frequency is None and g.weight == 1.5 and g.high_res
+    distill = load_config("distill", ["init.from_run=/runs/vitl"])
+    assert distill.distill.enabled and distill.distill.students == ["vits16", "vitb16"]
+    assert not distill.distill.mask_student and not distill.gram.enabled
