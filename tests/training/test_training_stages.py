@@ -246,7 +246,7 @@ def test_full_size_recipes_say_what_the_reference_says():
         load_config("hires_adapt")
     hires = load_config("hires_adapt", ["init.from_run=/runs/gram"])
     assert hires.global_crop_sizes == [512, 768] and hires.gram_teacher_sizes == [768, 1152]
-    assert hires.local_crop_sizes == [112, 168, 224, 336]
+    assert hires.local_crop_sizes == [112, 160, 224, 336]
     g = hires.gram
     assert g.enabled and g.teacher == "previous" and g.update_frequency is None and g.weight == 1.5 and g.high_res
     distill = load_config("distill", ["init.from_run=/runs/vitl"])
