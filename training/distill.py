@@ -150,7 +150,7 @@ class DistillMetaArch(SSLMetaArch):
         Returns:
             (sum of the students' total losses, detached; parts): the `LOSS_KEYS` summed over the students (so
             the total is the loss weights times the parts, as in pretraining), ``gram_weight`` 0, and per student
-            ``<name>/loss`` (its total).
+            ``loss/<name>`` (its total; a key no metrics column takes, whatever the name).
         """
         self.check_batch(batch)
         teacher_out = self.get_teacher_output(batch, teacher_temp)
@@ -166,7 +166,7 @@ class DistillMetaArch(SSLMetaArch):
             total = loss if total is None else total + loss
             for key, value in own.items():
                 parts[key] = value if key not in parts or key == "gram_weight" else parts[key] + value
-            parts[f"{name}/loss"] = loss
+            parts[f"loss/{name}"] = loss
         assert total is not None
         return total, parts
 

@@ -83,7 +83,7 @@ def test_two_students_one_teacher_forward_frozen_teacher(tiny_cfg, teacher, batc
     model.train()
     total, parts = model.forward_backward(batch_factory(model.cfg), iteration=0, teacher_temp=0.07)
     assert calls == {"teacher": 1, "deep1": 1, "narrow": 1}
-    assert torch.allclose(total, parts["deep1/loss"] + parts["narrow/loss"])
+    assert torch.allclose(total, parts["loss/deep1"] + parts["loss/narrow"])
     w = model.cfg.loss
     weighted = (
         w.dino_weight * (2 * parts["dino/global"] + 4 * parts["dino/local"]) / 6
