@@ -49,7 +49,7 @@ def read_model_state(path: Path) -> tuple[dict[str, Tensor], int]:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # mmap: optimiser state unread
         return dict(state["model"]), int(state["iteration"])
     except (RuntimeError, KeyError, OSError, ValueError, TypeError, EOFError) as exc:
         raise StageError(f"{path}: not a readable pretraining checkpoint ({type(exc).__name__}: {exc})") from exc
@@ -152,7 +152,7 @@ def open_previous_run(cfg: PretrainConfig) -> PreviousRun:
     if ckpt is None or not ckpt.is_file():
         where = explicit if explicit is not None else run_dir / "checkpoints"
         raise StageError(f"{run_dir}: no checkpoint at {where}; the stage needs the run's weights and heads")
-    _, iteration = read_model_state(ckpt)
+    state, iteration = read_model_state(ckpt)
     if explicit is None and iteration < previous.train.steps:
         raise StageError(
             f"{run_dir} stopped at step {iteration} of {previous.train.steps}: finish it (geodino pretrain --resume "
@@ -161,7 +161,7 @@ def open_previous_run(cfg: PretrainConfig) -> PreviousRun:
     backbone = run_dir / "backbone.pth"
     if not backbone.is_file():
         raise StageError(f"{run_dir}: no backbone.pth (the exported teacher, with the run's bands and normalisation)")
-    prev = PreviousRun(run_dir, previous, ckpt, backbone)
+    prev = PreviousRun(run_dir, previous, ckpt, backbone, state)
     check_compatible(cfg, prev)
     return prev
 
