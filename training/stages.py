@@ -105,14 +105,18 @@ class PreviousRun:
             self.load(head, f"teacher.{name}.")
         return nn.ModuleDict({"backbone": backbone, **heads})
 
+    def load_loss_centres(self, model: Any) -> None:
+        """The DINO and iBOT teacher centres (used by softmax centering) of the previous run, when it has them."""
+        for name in ("dino_loss", "ibot_loss"):
+            if _prefixed(self.model_state(), f"{name}."):
+                self.load(getattr(model, name), f"{name}.")
+
     def load_into(self, model: Any) -> None:
         """Student, EMA teacher (backbones and heads) and loss centres of a continuing stage's `SSLMetaArch`;
         the Gram teacher too when ``gram.teacher`` is ``previous`` (the previous EMA teacher, fixed)."""
         self.load(model.student, "student.")
         self.load(model.teacher, "teacher.")
-        for name in ("dino_loss", "ibot_loss"):
-            if _prefixed(self.model_state(), f"{name}."):
-                self.load(getattr(model, name), f"{name}.")
+        self.load_loss_centres(model)
         if model.gram_teacher is not None and model.cfg.gram.teacher == str(self.backbone):
             self.load(model.gram_teacher, "teacher.backbone.")
 
@@ -221,7 +225,9 @@ def build_model(cfg: PretrainConfig) -> Any:
     if cfg.distill.enabled:
         from geodino.training.distill import DistillMetaArch
 
-        return DistillMetaArch(cfg, prev.teacher_modules())
+        model = DistillMetaArch(cfg, prev.teacher_modules())
+        prev.load_loss_centres(model)  # the teacher's targets keep its centres
+        return model
     built = copy.deepcopy(cfg)
     built.student.weights = str(prev.backbone)  # metadata and architecture checks; the weights follow
     if built.gram.enabled and built.gram.teacher == "previous":

@@ -252,3 +252,15 @@ def test_full_size_recipes_say_what_the_reference_says():
     distill = load_config("distill", ["init.from_run=/runs/vitl"])
     assert distill.distill.enabled and distill.distill.students == ["vits16", "vitb16"]
     assert not distill.distill.mask_student and not distill.gram.enabled
+
+
+def test_distillation_keeps_the_teachers_loss_centres(chain, tmp_path):
+    """Softmax centering's teacher centres travel with the teacher (they shape its targets)."""
+    run = _copy(chain["hires"], tmp_path)
+    ckpt = latest_checkpoint(run)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    centre = torch.rand_like(saved["model"]["dino_loss.center"])
+    saved["model"]["dino_loss.center"] = centre
+    torch.save(saved, ckpt)
+    model = build_model(load_config("distill_tiny", [chain["data"], f"init.from_run={run}", "loss.centering=softmax"]))
+    assert torch.equal(model.dino_loss.center, centre)
