@@ -87,6 +87,10 @@ def pretrain_command(
     peak_tflops: Annotated[
         float | None, typer.Option(help="The device's peak TFLOP/s for the mfu column (default: known GPUs).")
     ] = None,
+    from_run: Annotated[
+        Path | None,
+        typer.Option("--from", help="Previous stage's run folder to start from (init.from_run; hires, distill)."),
+    ] = None,
 ) -> None:
     """Self-supervised pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on rasters.
 
@@ -106,6 +110,8 @@ def pretrain_command(
         overrides.insert(0, "data.paths=" + json.dumps([_absolute(p) for p in paths]))  # JSON is YAML
     if steps is not None:
         overrides.append(f"train.steps={steps}")
+    if from_run is not None:
+        overrides.append("init.from_run=" + json.dumps(_absolute(str(from_run))))
     if strategy is not None:
         overrides.append(f"parallel.strategy={strategy}")
     if peak_tflops is not None:

@@ -8,7 +8,8 @@ A run folder holds:
 - ``checkpoints/checkpoint_<step>.pth`` (or a sharded ``.dcp`` folder under FSDP2): everything a run resumes from
   exactly (model, optimiser, iteration, every RNG, the window stream's position; see
   :mod:`geodino.training.checkpoint`), the newest ``checkpoint.keep`` plus milestones kept;
-- ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads.
+- ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads (distillation: the first
+  student's EMA backbone, the others beside it as ``backbone_<name>.pth``).
 
 TensorBoard event files are written too when the ``tensorboard`` package is importable.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -108,12 +110,14 @@ def build_data(
         TrainingDataError: unreadable paths, wrong band counts, windows larger than every raster, too much nodata.
     """
     from geodino.training.data import MultiCrop, MultiCropCollate, RasterWindows, normalization_stats, open_sources
+    from geodino.training.data.multicrop import MixedSizeCollate
     from geodino.training.data.windows import IndexedCollate, seed_worker
 
     d, c = cfg.data, cfg.crops
-    window = d.window_size or c.global_size
-    if window < c.global_size:
-        raise TrainingDataError(f"data.window_size={window} is smaller than crops.global_size={c.global_size}")
+    largest = max(cfg.global_crop_sizes)
+    window = d.window_size or largest
+    if window < largest:
+        raise TrainingDataError(f"data.window_size={window} is smaller than the largest global crop side {largest}")
     sources = open_sources(d.paths, bands=d.bands, in_chans=backbone.in_chans, mosaic=d.mosaic, window_size=window)
     if d.mean is not None or d.std is not None:
         if d.mean is None or d.std is None or not len(d.mean) == len(d.std) == backbone.in_chans:
@@ -134,6 +138,7 @@ def build_data(
         global_scale=tuple(c.global_scale),
         local_scale=tuple(c.local_scale),
         gram_size=gram_size,
+        defer=mixed_sizes(cfg),
     )
     windows = RasterWindows(
         sources,
@@ -147,14 +152,20 @@ def build_data(
     )
     windows.check()
     m = cfg.masking
-    collate = MultiCropCollate(
+    batcher = functools.partial(
+        MultiCropCollate,
         patch_size=cfg.student.patch_size,
-        global_size=c.global_size,
         mask_probability=m.probability,
         mask_ratio=tuple(m.ratio_min_max),
         min_block=m.min_num_patches,
         aspect=tuple(m.aspect_ratio),
     )
+    if crops.defer:  # one global / local / Gram-teacher size drawn per batch
+        collate = MixedSizeCollate(
+            crops, cfg.global_crop_sizes, cfg.local_crop_sizes, cfg.gram_teacher_sizes if gram_size else None, batcher
+        )
+    else:
+        collate = batcher(global_size=c.global_size)
     workers, par = cfg.train.num_workers, cfg.parallel
     windows.num_workers = max(1, workers)
     pin = par.pin_memory if par.pin_memory is not None else _device(cfg.train.device).type == "cuda"
@@ -171,6 +182,11 @@ def build_data(
         generator=torch.Generator().manual_seed(cfg.train.seed),
     )
     return DataPipeline(windows, loader, mean, std, where)
+
+
+def mixed_sizes(cfg: PretrainConfig) -> bool:
+    """Whether each batch draws its crop sides from ``crops.global_sizes`` / ``crops.local_sizes``."""
+    return cfg.crops.global_sizes is not None or cfg.crops.local_sizes is not None
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -337,9 +353,9 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     from geodino.training.config import save_config
     from geodino.training.diagnostics import probe_images, run_diagnostics
     from geodino.training.distributed import get_rank, get_world_size
-    from geodino.training.meta_arch import SSLMetaArch
     from geodino.training.parallel import is_sharded, plain_backbone, wrap_model
     from geodino.training.schedules import build_schedules
+    from geodino.training.stages import build_model
     from geodino.training.throughput import Throughput
 
     run_dir = Path(run_dir)
@@ -354,7 +370,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     t = cfg.train
     torch.manual_seed(t.seed)
     device = _device(t.device)
-    model = SSLMetaArch(cfg)
+    model = build_model(cfg)  # SSLMetaArch, continued from init.from_run, or DistillMetaArch
     model.to(device)
     wrap_model(model, cfg.parallel, device)  # before the optimiser: FSDP2 replaces the parameters
     optimizer = model.make_optimizer()
@@ -376,7 +392,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                 "already seen, but not with the batches an uninterrupted run would have drawn"
             )
     meta = trained_meta(teacher.meta, data)
-    for module in (model.student["backbone"], teacher):
+    for module in model.backbones():
         module.meta = meta  # what the exported backbone carries: these bands and this normalisation
     probe_fn = make_probe(cfg, data)
     schedules = build_schedules(cfg)
@@ -423,7 +439,7 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                 }
                 if diag:
                     # FSDP2: every rank gathers the shards, rank 0 runs the diagnostics on whole copies
-                    diag_teacher = plain_backbone(teacher)
+                    diag_teacher = plain_backbone(model.exported_backbone)
                     diag_gram = plain_backbone(model.gram_teacher) if model.gram_teacher is not None else None
                     if lead:
                         row.update(run_diagnostics(diag_teacher, probe, diag_gram, probe_fn))

@@ -162,6 +162,14 @@ def wrap_model(model: nn.Module, cfg: ParallelConfig, device: torch.device) -> n
                     block.compile()
     world = get_world_size()
     strategy = cfg.strategy if world > 1 else "none"
+    if strategy != "none" and not hasattr(model, "get_gram_teacher_output"):
+        # DistillMetaArch keeps one stage per student; the stage wrappers above know the SSLMetaArch layout only.
+        from geodino.training.config import ConfigError
+
+        raise ConfigError(
+            f"parallel.strategy={strategy} does not apply to distillation yet; set parallel.strategy=none "
+            "(the ranks then average gradients by hand, as before)"
+        )
     if strategy == "ddp":
         _wrap_ddp(model, device)
     elif strategy == "fsdp2":
