@@ -45,8 +45,10 @@ def test_nproc_2_fsdp2_trains_one_run_folder_and_resumes(tmp_path: Path) -> None
     assert float(rows[-1]["patch_sim_mean"]) <= 1  # diagnostics on the gathered teacher
     model = load_backbone(run / "backbone.pth")  # exported from the shards: a whole model
     assert model.embed_dim == 64 and model.cls_token.shape == (1, 1, 64)
-    assert len(list((run / "checkpoints").glob("checkpoint_*.pth"))) == 2
-    # Resume the 2-process FSDP2 run in one process: the checkpoint holds whole tensors.
+    # Under FSDP2 every rank writes its shards: checkpoints are torch.distributed.checkpoint folders.
+    assert len(list((run / "checkpoints").glob("checkpoint_*.dcp"))) == 2
+    assert not list((run / "checkpoints").glob("checkpoint_*.pth"))
+    # Resume the 2-process FSDP2 run in one process: a sharded checkpoint loads on another world size.
     res = _geodino("pretrain", "--resume", "--out", run, "--steps", 3)
     assert res.returncode == 0, res.stdout + res.stderr
     assert [int(r["step"]) for r in _rows(run)] == [1, 2, 3]
