@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "COLUMNS",
     "KEEP_CHECKPOINTS",
+    "TIMING_COLUMNS",
     "DataPipeline",
     "RunError",
     "build_data",
@@ -58,6 +59,9 @@ __all__ = [
     "save_checkpoint",
     "train",
 ]
+
+#: metrics.csv columns that measure time (images/s, MFU, data wait): they differ between otherwise identical runs.
+TIMING_COLUMNS = ("images_per_s", "mfu", "data_wait_s")
 
 #: metrics.csv columns, in order.
 COLUMNS = (

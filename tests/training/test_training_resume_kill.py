@@ -2,7 +2,7 @@
 
 Both runs (with Gram anchoring from step 6, its teacher refreshed every 8 steps) are subprocesses (``python -m geodino.training.cli pretrain``) on the tiny recipe on CPU, one intra-op
 thread, two data-loader workers (so the resumed loader must rotate its workers to hand over the same batches).
-Expected: every metrics.csv value but the timing column (images_per_s) is equal, and model, optimiser and the
+Expected: every metrics.csv value but the timing columns (loop.TIMING_COLUMNS) is equal, and model, optimiser and the
 exported backbone at the last step are bit-identical (``torch.equal``).
 """
 
@@ -22,6 +22,7 @@ from training_data_helpers import write_rgb
 
 from geodino.models.checkpoint import load_backbone
 from geodino.training.checkpoint import list_checkpoints
+from geodino.training.loop import TIMING_COLUMNS
 
 STEPS = 32
 EVERY = 4
@@ -63,7 +64,7 @@ def _env() -> dict[str, str]:
 
 def _rows(run: Path) -> list[dict[str, str]]:
     with (run / "metrics.csv").open(newline="") as f:
-        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(f)]
 
 
 def _final(run: Path) -> dict:

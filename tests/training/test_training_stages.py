@@ -88,7 +88,7 @@ def test_mixed_sizes_one_size_per_batch_paired_gram_crops(chain):
     cfg = load_config("hires_adapt_tiny", [chain["data"], "init.from_run=/unused", "train.batch_size=2"])
     backbone = load_backbone(chain["pretrain"] / "backbone.pth")
     data = build_data(cfg, backbone)
-    assert isinstance(data.loader.collate_fn, MixedSizeCollate)
+    assert isinstance(data.loader.collate_fn.collate, MixedSizeCollate)  # inside IndexedCollate
     seen = set()
     for _, batch in zip(range(12), data.loader, strict=False):
         g, local, gram, masks = batch["global_crops"], batch["local_crops"], batch["gram_crops"], batch["masks"]
