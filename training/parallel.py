@@ -162,7 +162,9 @@ def wrap_model(model: nn.Module, cfg: ParallelConfig, device: torch.device) -> n
                     block.compile()
     world = get_world_size()
     strategy = cfg.strategy if world > 1 else "none"
-    if strategy != "none" and not hasattr(model, "get_gram_teacher_output"):
+    from geodino.training.distill import DistillMetaArch
+
+    if strategy != "none" and isinstance(model, DistillMetaArch):
         # DistillMetaArch keeps one stage per student; the stage wrappers above know the SSLMetaArch layout only.
         from geodino.training.config import ConfigError
 

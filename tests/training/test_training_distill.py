@@ -152,3 +152,17 @@ def test_bad_students_are_refused(tiny_cfg, teacher):
         tiny_cfg("distill.enabled=true")
     with pytest.raises(ConfigError, match=r"distill\.enabled is false"):
         tiny_cfg("distill.students=[test]")
+
+
+def test_ddp_or_fsdp2_wrapping_of_students_is_refused_not_half_applied(tiny_cfg, teacher, monkeypatch):
+    import torch
+
+    import geodino.training.distributed as distributed
+    from geodino.training.parallel import ParallelConfig, wrap_model
+
+    model = DistillMetaArch(_distill_cfg(tiny_cfg, TWO), teacher)
+    monkeypatch.setattr(distributed, "get_world_size", lambda: 2)  # as under torchrun, without a process group
+    for strategy in ("ddp", "fsdp2"):
+        with pytest.raises(ConfigError, match=r"parallel\.strategy=none"):
+            wrap_model(model, ParallelConfig(strategy=strategy), torch.device("cpu"))
+    assert wrap_model(model, ParallelConfig(strategy="none"), torch.device("cpu")).parallel_strategy == "none"
