@@ -14,7 +14,13 @@ target <= 1.2. Then the data pipeline (raster windows -> multi-crop -> masks -> 
 ``--workers`` loader processes on a raster written for the purpose, and its images/s is set against the images/s
 one full step consumes (>= 1 means the loader keeps up).
 
+**Ranks** (``ranks`` in ``--configs``): the tiny configuration's full step (``train_step``, DDP or FSDP2 across
+two real gloo processes, one thread each) with B images on each of 2 processes (a global batch of 2B), against one
+process on B images, both measured in this run (each in its own process, a barrier before and after every step,
+medians of ``--repeats``). Ratio 1.0 is perfect weak scaling; it needs a free core per process.
+
 Usage: ``python benchmarks/pretrain.py --repeats 5 --threads 1 --workers 2``
+(``--configs ranks --strategies ddp,fsdp2 --batch 8`` for the ranks case alone)
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from geodino.training.config import load_config
 from geodino.training.loop import build_data, train_step
 from geodino.training.meta_arch import SSLMetaArch
+from geodino.training.parallel import wrap_model
 from geodino.training.schedules import build_schedules
 
 CONFIGS = {
@@ -129,9 +138,67 @@ def bench_config(name: str, scene: Path, repeats: int, workers: int, batch: int 
     )
 
 
+def _ranks_worker(
+    rank: int, world: int, store: str, scene: str, strategy: str, batch: int, repeats: int, out: str
+) -> None:
+    """One process of the ranks case: ``repeats`` timed tiny steps (after one warm-up); rank 0 writes the median."""
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        recipe, overrides = CONFIGS["tiny"]
+        extra = [f"data.paths=['{scene}']", "train.num_workers=0", f"train.batch_size={batch}"]
+        cfg = load_config(recipe, [*overrides, *extra, f"parallel.strategy={strategy}"])
+        torch.manual_seed(0)
+        model = SSLMetaArch(cfg)
+        wrap_model(model, cfg.parallel, torch.device("cpu"))
+        model.train()
+        optimizer, schedules = model.make_optimizer(), build_schedules(cfg)
+        data = build_data(cfg, model.teacher["backbone"], rank=rank, world_size=world)
+        step = next(iter(data.loader))
+        times = []
+        for r in range(repeats + 1):
+            if world > 1:
+                dist.barrier()
+            t0 = time.perf_counter()
+            train_step(model, optimizer, schedules, step, 10 + r)
+            if world > 1:
+                dist.barrier()  # a step ends when the slowest rank ends it
+            if r:
+                times.append(time.perf_counter() - t0)
+        if rank == 0:
+            Path(out).write_text(str(statistics.median(times)))
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _ranks_step(world: int, scene: Path, strategy: str, batch: int, repeats: int) -> float:
+    """Median step seconds of ``world`` processes (fork; gloo), ``batch`` images each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "median.txt"
+        args = (world, str(Path(tmp) / "store"), str(scene), strategy, batch, repeats, str(out))
+        mp.start_processes(_ranks_worker, args=args, nprocs=world, join=True, start_method="fork")
+        return float(out.read_text())
+
+
+def bench_ranks(scene: Path, repeats: int, batch: int | None, strategies: list[str]) -> None:
+    """The ranks case: 2 processes on B images each (global 2B) / 1 process on B, per strategy."""
+    B = batch or 8
+    single = _ranks_step(1, scene, "none", B, repeats)
+    print(f"ranks (tiny, gloo, 1 thread per process): 1 process x B={B}  step {single * 1e3:8.1f} ms")
+    for strategy in strategies:
+        two = _ranks_step(2, scene, strategy, B, repeats)
+        print(
+            f"  2 processes x B={B} (global {2 * B}) {strategy:>5}  step {two * 1e3:8.1f} ms   "
+            f"ratio {two / single:.2f} (2 procs on 2B / 1 proc on B; 1.0 = perfect weak scaling; medians of {repeats})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiny,vits16", help="comma-separated: tiny, vits16")
+    parser.add_argument("--configs", default="tiny,vits16,ranks", help="comma-separated: tiny, vits16, ranks")
+    parser.add_argument("--strategies", default="ddp,fsdp2", help="ranks case: comma-separated ddp, fsdp2, none")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
@@ -143,7 +210,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scene = write_scene(Path(tmp) / "scene.tif")
         for name in args.configs.split(","):
-            bench_config(name.strip(), scene, args.repeats, args.workers, args.batch)
+            if name.strip() == "ranks":
+                bench_ranks(scene, args.repeats, args.batch, [s.strip() for s in args.strategies.split(",")])
+            else:
+                bench_config(name.strip(), scene, args.repeats, args.workers, args.batch)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ def _absolute(path: str) -> str:
     return path if "://" in path or path.startswith("/vsi") else str(Path(path).expanduser().absolute())
 
 
-def _init_distributed() -> None:
-    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1); else nothing."""
+def _init_distributed(device: str = "auto") -> None:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1); else nothing.
+
+    NCCL when training on CUDA (each process on GPU LOCAL_RANK), gloo on CPU.
+    """
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -53,7 +56,7 @@ def _init_distributed() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        cuda = torch.cuda.is_available()
+        cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
@@ -75,14 +78,29 @@ def pretrain_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
+    nproc: Annotated[
+        int | None, typer.Option(help="Local processes (one per GPU, or CPU processes): re-run under torchrun.")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Across processes: ddp (default), fsdp2 (sharded) or none (parallel.strategy).")
+    ] = None,
+    peak_tflops: Annotated[
+        float | None, typer.Option(help="The device's peak TFLOP/s for the mfu column (default: known GPUs).")
+    ] = None,
+    from_run: Annotated[
+        Path | None,
+        typer.Option("--from", help="Previous stage's run folder to start from (init.from_run; hires, distill)."),
+    ] = None,
 ) -> None:
     """Self-supervised pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on rasters.
 
-    Under torchrun --nproc_per_node N the ranks split the windows and average their gradients.
+    --nproc N runs N processes on this machine (torchrun underneath); under torchrun (e.g. several nodes) the
+    command joins its process group. The ranks split the windows and train one model on their global batch.
     """
     from geodino.models.checkpoint import CheckpointError
     from geodino.training.config import ConfigError, load_config
     from geodino.training.data.windows import TrainingDataError
+    from geodino.training.launch import LaunchError, check_nproc, relaunch
     from geodino.training.loop import RunError, train
     from geodino.training.meta_arch import BatchError, GramTeacherError
 
@@ -92,6 +110,23 @@ def pretrain_command(
         overrides.insert(0, "data.paths=" + json.dumps([_absolute(p) for p in paths]))  # JSON is YAML
     if steps is not None:
         overrides.append(f"train.steps={steps}")
+    if from_run is not None:
+        overrides.append("init.from_run=" + json.dumps(_absolute(str(from_run))))
+    if strategy is not None:
+        overrides.append(f"parallel.strategy={strategy}")
+    if peak_tflops is not None:
+        overrides.append(f"parallel.peak_tflops={peak_tflops}")
+    try:
+        if check_nproc(nproc):
+            # Checked here first, so that a bad recipe or override fails once, not once per process.
+            load_config(out / "config.yaml" if resume and (out / "config.yaml").is_file() else recipe, overrides)
+            args = ["pretrain", "--recipe", recipe, "--out", str(out), *(["--resume"] if resume else []), *overrides]
+            code, message = relaunch(int(nproc), args)
+            if message:
+                typer.echo(message.rstrip("\n"), err=True)
+            raise typer.Exit(code)
+    except (ConfigError, LaunchError) as err:
+        _fail(err)
     try:
         if resume:
             saved = out / "config.yaml"
@@ -102,7 +137,7 @@ def pretrain_command(
             cfg = load_config(recipe, overrides)
             if not cfg.data.paths:
                 raise TrainingDataError("no training data: pass --data PATH (rasters, folders, globs or .txt lists)")
-        _init_distributed()
+        _init_distributed(cfg.train.device)
         result = train(cfg, out, resume=resume, log=typer.echo)
     except (ConfigError, TrainingDataError, RunError, CheckpointError, GramTeacherError, BatchError) as err:
         _fail(err)

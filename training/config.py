@@ -17,14 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from geodino.training.parallel import ParallelConfig
+
 __all__ = [
     "MISSING",
+    "CheckpointConfig",
     "ConfigError",
     "CropsConfig",
     "DataConfig",
     "DiagnosticsConfig",
+    "DistillConfig",
     "GramConfig",
     "HeadConfig",
+    "InitConfig",
     "LossConfig",
     "MaskingConfig",
     "OptimConfig",
@@ -37,6 +42,7 @@ __all__ = [
     "list_recipes",
     "load_config",
     "save_config",
+    "student_spec",
 ]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -91,6 +97,10 @@ class CropsConfig:
     local_scale: tuple[float, float] = (0.05, 0.32)  # area fraction range of local crops
     gram_teacher_ratio: float = 2.0  # Gram-teacher crop side / global crop side on the high-resolution path
     gram_teacher_size: int | None = None  # explicit Gram-teacher crop side; None: global_size * gram_teacher_ratio
+    # Mixed sizes (high-resolution adaptation): one size per step, drawn uniformly, shared by the step's crops.
+    global_sizes: list[int] | None = None  # global sides to draw from; None: [global_size] (kept for diagnostics)
+    local_sizes: list[int] | None = None  # local sides, drawn independently of the global one; None: [local_size]
+    gram_teacher_sizes: list[int] | None = None  # Gram-teacher side paired with each global_sizes entry; None: ratio
 
 
 @dataclass
@@ -120,7 +130,7 @@ class LossConfig:
     dino_weight: float = 1.0  # weight of the DINO (cls token) loss, split into global/local as in the release
     ibot_weight: float = 1.0  # weight of the iBOT (masked patch) loss
     koleo_weight: float = 0.1  # weight of KoLeo (summed over global crops)
-    koleo_distributed: bool = False  # nearest neighbours over every rank's batch instead of this rank's
+    koleo_distributed: bool = True  # nearest neighbours over every rank's batch (one big batch) instead of this rank's
     centering: Centering = "sinkhorn_knopp"  # teacher target normalisation for DINO and iBOT
     student_temp: float = 0.1  # student softmax temperature (DINO and iBOT)
 
@@ -130,7 +140,8 @@ class GramConfig:
     """Gram anchoring: keep the student's patch-similarity matrices close to a frozen Gram teacher's."""
 
     enabled: bool = False  # turn the Gram loss (and its teacher) on
-    teacher: str = "ema"  # "ema": copy the EMA teacher at start_iteration; otherwise a backbone checkpoint path
+    teacher: str = "ema"  # "ema": copy the EMA teacher at start_iteration; "previous": init.from_run's EMA teacher
+    # (its backbone.pth, fixed); otherwise a backbone checkpoint path
     start_iteration: int = 0  # first iteration with a Gram loss (and when an "ema" teacher is copied)
     update_frequency: int | None = None  # refresh the Gram teacher from the EMA teacher every k iterations; None: never
     max_updates: int | None = None  # at most this many refreshes (the first copy not counted); None: unlimited
@@ -188,6 +199,16 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Resumable checkpoints (written every train.checkpoint_every steps and at the end)."""
+
+    keep: int = 2  # the newest k checkpoints are kept, older ones deleted (milestones excepted)
+    milestone_every: int = 0  # also keep every checkpoint whose step is a multiple of this; 0: none
+    # "file": one .pth written by rank 0; "dcp": a torch.distributed.checkpoint folder, every rank writing its shards
+    format: Literal["auto", "file", "dcp"] = "auto"  # "auto": dcp when the model holds FSDP2-sharded parameters
+
+
+@dataclass
 class DiagnosticsConfig:
     """The patch-similarity diagnostic and the optional dense linear probe (every train.diagnostic_every steps)."""
 
@@ -197,6 +218,26 @@ class DiagnosticsConfig:
     probe_ignore_index: int | None = 0  # label value the probe ignores (e.g. 0 = no data); None: none
     probe_tile: int | None = None  # probe tile side in pixels; None: crops.global_size
     probe_steps: int = 100  # optimiser steps of the probe's linear head
+
+
+@dataclass
+class InitConfig:
+    """Start from a previous stage's run folder (see `geodino.training.stages`)."""
+
+    from_run: str | None = None  # run folder: student, EMA teacher and heads from its last checkpoint; normalisation
+    # and bands from its backbone.pth; with distill.enabled the frozen teacher (backbone + heads) instead
+    checkpoint: str | None = None  # a checkpoint file of that run instead of its latest (may be an unfinished run's)
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: a frozen teacher (init.from_run, with its heads) -> smaller students ([]: one of student.arch)."""
+
+    enabled: bool = False  # DINO + iBOT + KoLeo against the frozen teacher, no Gram, no EMA teacher of its own
+    # Each student has its own heads (dino_head / ibot_head shapes) and an EMA copy (teacher.momentum_*), exported.
+    students: list[Any] = field(default_factory=list)  # arch names or {arch, name, embed_dim, depth, num_heads}
+    mask_student: bool = False  # replace masked patches by the mask token in the students' global crops (the
+    # reference distils unmasked: masks then only choose the patches of the iBOT loss)
 
 
 @dataclass
@@ -214,13 +255,37 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # EMA teacher
     train: TrainConfig = field(default_factory=TrainConfig)  # loop
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # resumable checkpoints
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # probe set and linear probe
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # ranks (DDP/FSDP2), compile, data loading
+    init: InitConfig = field(default_factory=InitConfig)  # start from a previous stage's run
+    distill: DistillConfig = field(default_factory=DistillConfig)  # distillation into smaller students
 
     @property
     def gram_teacher_size(self) -> int:
         """Side of the Gram-teacher crops on the high-resolution path."""
         c = self.crops
         return c.gram_teacher_size if c.gram_teacher_size is not None else round(c.global_size * c.gram_teacher_ratio)
+
+    @property
+    def global_crop_sizes(self) -> list[int]:
+        """Global crop sides a step draws from (one entry: a fixed size)."""
+        return list(self.crops.global_sizes or [self.crops.global_size])
+
+    @property
+    def local_crop_sizes(self) -> list[int]:
+        """Local crop sides a step draws from."""
+        return list(self.crops.local_sizes or [self.crops.local_size])
+
+    @property
+    def gram_teacher_sizes(self) -> list[int]:
+        """Gram-teacher crop side paired with each entry of `global_crop_sizes`."""
+        c = self.crops
+        if c.gram_teacher_sizes is not None:
+            return list(c.gram_teacher_sizes)
+        if c.global_sizes is None:
+            return [self.gram_teacher_size]
+        return [round(s * c.gram_teacher_ratio) for s in c.global_sizes]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -401,6 +466,8 @@ def _read_recipe(recipe: str | Path) -> tuple[dict[str, Any], str]:
 def validate(cfg: PretrainConfig) -> PretrainConfig:
     """Cross-field checks that the types alone cannot express; raises `ConfigError`."""
     backbone_name(cfg.student.arch)
+    if cfg.init.checkpoint is not None and cfg.init.from_run == MISSING:
+        cfg.init.from_run = None  # a checkpoint file names its run folder (RUN/checkpoints/...)
     missing = [key for key, value in _flatten(config_to_dict(cfg)).items() if value == MISSING]
     if missing:
         raise ConfigError(
@@ -415,8 +482,17 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     for name, size in (("global_size", c.global_size), ("local_size", c.local_size)):
         if size % p:
             problems.append(f"crops.{name}={size} is not a multiple of student.patch_size={p}")
-    if cfg.gram.high_res and cfg.gram_teacher_size % p:
-        problems.append(f"Gram-teacher crop side {cfg.gram_teacher_size} is not a multiple of the patch size {p}")
+    for name, sizes in (("global_sizes", c.global_sizes), ("local_sizes", c.local_sizes)):
+        if sizes is not None and (not sizes or any(s < p or s % p for s in sizes)):
+            problems.append(f"crops.{name}={sizes}: give at least one side, each a multiple of student.patch_size={p}")
+    if c.gram_teacher_sizes is not None and len(c.gram_teacher_sizes) != len(cfg.global_crop_sizes):
+        problems.append(
+            f"crops.gram_teacher_sizes={c.gram_teacher_sizes} needs one side per global crop size "
+            f"{cfg.global_crop_sizes}"
+        )
+    elif cfg.gram.high_res and any(s % p for s in cfg.gram_teacher_sizes):
+        problems.append(f"Gram-teacher crop sides {cfg.gram_teacher_sizes} are not multiples of the patch size {p}")
+    problems += _stage_problems(cfg)
     if not 0.0 <= cfg.masking.probability <= 1.0:
         problems.append(f"masking.probability={cfg.masking.probability} is not in [0, 1]")
     lo, hi = cfg.masking.ratio_min_max
@@ -428,11 +504,82 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         problems.append(f"gram.update_frequency={cfg.gram.update_frequency} must be >= 1 or null")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1:
         problems.append("train.steps and train.batch_size must be >= 1")
+    if cfg.checkpoint.keep < 1 or cfg.checkpoint.milestone_every < 0:
+        problems.append("checkpoint.keep must be >= 1 and checkpoint.milestone_every >= 0")
     if c.n_global == 1 and c.n_local == 0:
         problems.append("one global crop and no local crops leave the DINO loss no crop pair to compare")
+    problems += cfg.parallel.problems()
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg
+
+
+def _stage_problems(cfg: PretrainConfig) -> list[str]:
+    """Checks of the init / distill sections (the previous run itself is checked by `geodino.training.stages`)."""
+    problems = []
+    has_previous = cfg.init.from_run is not None or cfg.init.checkpoint is not None
+    if cfg.gram.enabled and cfg.gram.teacher == "previous" and not has_previous:
+        problems.append("gram.teacher=previous needs init.from_run (the previous stage's run folder, or --from RUN)")
+    if cfg.distill.enabled:
+        if not has_previous:
+            problems.append("distill.enabled needs init.from_run: the run whose teacher is distilled (--from RUN)")
+        if cfg.gram.enabled:
+            problems.append("distillation has no Gram loss: set gram.enabled=false")
+        if cfg.student.weights is not None:
+            problems.append("distillation students start from random weights: set student.weights=null")
+        for i, spec in enumerate(cfg.distill.students):
+            try:
+                student_spec(spec, cfg.student.arch)
+            except ConfigError as exc:
+                problems.append(f"distill.students[{i}]: {exc}")
+        names = [student_spec(s, cfg.student.arch)["name"] for s in cfg.distill.students if _valid_spec(s, cfg)]
+        if len(set(names)) != len(names):
+            problems.append(f"distill.students: names must differ, got {names}; give each a name")
+    elif cfg.distill.students:
+        problems.append("distill.students is set but distill.enabled is false")
+    return problems
+
+
+_SHAPE_KEYS = ("embed_dim", "depth", "num_heads")
+
+
+def student_spec(spec: Any, default_arch: str) -> dict[str, Any]:
+    """A distillation student entry as ``{"name", "arch", "shape"}``; ``shape`` overrides of the arch's VitConfig.
+
+    Args:
+        spec: an arch name ("vits16") or a mapping with ``arch`` and optionally ``name``, ``embed_dim``,
+            ``depth``, ``num_heads``.
+        default_arch: used when a mapping has no ``arch``.
+
+    Raises:
+        ConfigError: an unknown arch or key, or a shape value that is not a positive integer.
+    """
+    if isinstance(spec, str):
+        backbone_name(spec)
+        return {"name": spec, "arch": spec, "shape": {}}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"expected an arch name or a mapping, got {spec!r}")
+    unknown = sorted(set(spec) - {"arch", "name", *_SHAPE_KEYS})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}; valid: arch, name, {', '.join(_SHAPE_KEYS)}")
+    arch = str(spec.get("arch", default_arch))
+    backbone_name(arch)
+    shape = {k: spec[k] for k in _SHAPE_KEYS if k in spec}
+    for key, value in shape.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    name = str(spec.get("name", arch))
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"name {name!r}: use letters, digits, - and _ (it names the exported file)")
+    return {"name": name, "arch": arch, "shape": shape}
+
+
+def _valid_spec(spec: Any, cfg: PretrainConfig) -> bool:
+    try:
+        student_spec(spec, cfg.student.arch)
+    except ConfigError:
+        return False
+    return True
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:

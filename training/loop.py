@@ -5,9 +5,11 @@ A run folder holds:
 - ``config.yaml``: the resolved configuration, written before anything else runs;
 - ``metrics.csv``: a header row, then one row per logged step (:data:`COLUMNS`; diagnostic columns are empty
   except at diagnostic steps);
-- ``checkpoints/checkpoint_<step>.pth``: model (student, teachers, heads, loss centres), optimiser and iteration,
-  the last :data:`KEEP_CHECKPOINTS` kept;
-- ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads.
+- ``checkpoints/checkpoint_<step>.pth`` (or a sharded ``.dcp`` folder under FSDP2): everything a run resumes from
+  exactly (model, optimiser, iteration, every RNG, the window stream's position; see
+  :mod:`geodino.training.checkpoint`), the newest ``checkpoint.keep`` plus milestones kept;
+- ``backbone.pth``: the EMA teacher's backbone, which ``geodino.load_backbone`` loads (distillation: the first
+  student's EMA backbone, the others beside it as ``backbone_<name>.pth``).
 
 TensorBoard event files are written too when the ``tensorboard`` package is importable.
 
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,12 +32,36 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from geodino.training.checkpoint import (
+    KEEP_CHECKPOINTS,
+    RunError,
+    check_same_run,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    resumable_checkpoint,
+    save_checkpoint,
+)
 from geodino.training.data.windows import TrainingDataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from geodino.training.config import PretrainConfig
 
-__all__ = ["COLUMNS", "KEEP_CHECKPOINTS", "DataPipeline", "RunError", "build_data", "latest_checkpoint", "train"]
+__all__ = [
+    "COLUMNS",
+    "KEEP_CHECKPOINTS",
+    "TIMING_COLUMNS",
+    "DataPipeline",
+    "RunError",
+    "build_data",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]
+
+#: metrics.csv columns that measure time (images/s, MFU, data wait): they differ between otherwise identical runs.
+TIMING_COLUMNS = ("images_per_s", "mfu", "data_wait_s")
 
 #: metrics.csv columns, in order.
 COLUMNS = (
@@ -52,6 +78,8 @@ COLUMNS = (
     "teacher_temp",
     "gram_weight",
     "images_per_s",
+    "mfu",
+    "data_wait_s",
     "patch_sim_mean",
     "patch_sim_std",
     "patch_sim_q05",
@@ -63,11 +91,6 @@ COLUMNS = (
     "probe_miou",
 )
 LOSS_COLUMNS = ("dino_global", "dino_local", "ibot", "koleo", "gram")
-KEEP_CHECKPOINTS = 2
-
-
-class RunError(ValueError):
-    """A run folder or checkpoint that cannot be used as asked."""
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -91,11 +114,14 @@ def build_data(
         TrainingDataError: unreadable paths, wrong band counts, windows larger than every raster, too much nodata.
     """
     from geodino.training.data import MultiCrop, MultiCropCollate, RasterWindows, normalization_stats, open_sources
+    from geodino.training.data.multicrop import MixedSizeCollate
+    from geodino.training.data.windows import IndexedCollate, seed_worker
 
     d, c = cfg.data, cfg.crops
-    window = d.window_size or c.global_size
-    if window < c.global_size:
-        raise TrainingDataError(f"data.window_size={window} is smaller than crops.global_size={c.global_size}")
+    largest = max(cfg.global_crop_sizes)
+    window = d.window_size or largest
+    if window < largest:
+        raise TrainingDataError(f"data.window_size={window} is smaller than the largest global crop side {largest}")
     sources = open_sources(d.paths, bands=d.bands, in_chans=backbone.in_chans, mosaic=d.mosaic, window_size=window)
     if d.mean is not None or d.std is not None:
         if d.mean is None or d.std is None or not len(d.mean) == len(d.std) == backbone.in_chans:
@@ -116,6 +142,7 @@ def build_data(
         global_scale=tuple(c.global_scale),
         local_scale=tuple(c.local_scale),
         gram_size=gram_size,
+        defer=mixed_sizes(cfg),
     )
     windows = RasterWindows(
         sources,
@@ -129,24 +156,41 @@ def build_data(
     )
     windows.check()
     m = cfg.masking
-    collate = MultiCropCollate(
+    batcher = functools.partial(
+        MultiCropCollate,
         patch_size=cfg.student.patch_size,
-        global_size=c.global_size,
         mask_probability=m.probability,
         mask_ratio=tuple(m.ratio_min_max),
         min_block=m.min_num_patches,
         aspect=tuple(m.aspect_ratio),
     )
-    workers = cfg.train.num_workers
+    if crops.defer:  # one global / local / Gram-teacher size drawn per batch
+        collate = MixedSizeCollate(
+            crops, cfg.global_crop_sizes, cfg.local_crop_sizes, cfg.gram_teacher_sizes if gram_size else None, batcher
+        )
+    else:
+        collate = batcher(global_size=c.global_size)
+    workers, par = cfg.train.num_workers, cfg.parallel
+    windows.num_workers = max(1, workers)
+    pin = par.pin_memory if par.pin_memory is not None else _device(cfg.train.device).type == "cuda"
     loader = torch.utils.data.DataLoader(
         windows,
         batch_size=cfg.train.batch_size,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=IndexedCollate(collate),  # batches say how far the stream went (resumable position)
         persistent_workers=workers > 0,
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=par.prefetch_factor if workers > 0 else None,
+        pin_memory=pin,
+        worker_init_fn=seed_worker,
+        # Its own generator: starting the loader draws nothing from torch's global one (restored on resume).
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
     return DataPipeline(windows, loader, mean, std, where)
+
+
+def mixed_sizes(cfg: PretrainConfig) -> bool:
+    """Whether each batch draws its crop sides from ``crops.global_sizes`` / ``crops.local_sizes``."""
+    return cfg.crops.global_sizes is not None or cfg.crops.local_sizes is not None
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -200,37 +244,6 @@ def loss_columns(parts: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint of the highest step in ``run_dir/checkpoints``, or None."""
-    files = sorted((run_dir / "checkpoints").glob("checkpoint_*.pth"))
-    return files[-1] if files else None
-
-
-def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, iteration: int) -> Path:
-    """Write ``checkpoints/checkpoint_<iteration>.pth`` atomically; keep the last :data:`KEEP_CHECKPOINTS`."""
-    folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"checkpoint_{iteration:08d}.pth"
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration}, tmp)
-    os.replace(tmp, path)
-    for old in sorted(folder.glob("checkpoint_*.pth"))[:-KEEP_CHECKPOINTS]:
-        old.unlink()
-    return path
-
-
-def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer) -> int:
-    """Restore model and optimiser from ``path``; returns the iteration it was saved at."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, KeyError, OSError, ValueError) as exc:
-        raise RunError(f"{path}: cannot resume from this checkpoint: {exc}") from exc
-    return int(state["iteration"])
-
-
 # ------------------------------------------------------------------------------------------------------- loop
 def _device(name: str) -> torch.device:
     if name == "auto":
@@ -276,6 +289,7 @@ def train_step(
     Returns:
         (total loss, its named parts, the scheduled values used).
     """
+    from geodino.training.parallel import syncs_gradients
     from geodino.training.param_groups import apply_schedules, last_layer_frozen
 
     values = schedules.at(iteration)
@@ -287,7 +301,8 @@ def train_step(
     )
     optimizer.zero_grad(set_to_none=True)
     total, parts = model.forward_backward(batch, iteration=iteration, teacher_temp=values["teacher_temp"])
-    average_gradients(model.student)
+    if not syncs_gradients(model):  # DDP / FSDP2 averaged them during the backward
+        average_gradients(model.student)
     if not math.isfinite(float(total)):
         raise RunError(f"the loss became {float(total)} at step {iteration}; lower optim.lr or check the data")
     model.clip_gradients()
@@ -308,13 +323,18 @@ class RunResult:
 
 
 def prepare_run(run_dir: Path, resume: bool) -> Path | None:
-    """Check the run folder; returns the checkpoint to resume from (None for a fresh run)."""
+    """Check the run folder; returns the checkpoint to resume from (None for a fresh run).
+
+    On resume that is the newest checkpoint that passes its checksum; newer ones that fail are warned about.
+    """
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise RunError(f"{run_dir}: no config.yaml there, so no run to resume")
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
+        if latest_checkpoint(run_dir) is None:
             raise RunError(f"{run_dir}: no checkpoint in {run_dir / 'checkpoints'} to resume from")
+        ckpt = resumable_checkpoint(run_dir)
+        if ckpt is None:
+            raise RunError(f"{run_dir}: every checkpoint in {run_dir / 'checkpoints'} is corrupt or incomplete")
         return ckpt
     if (run_dir / "metrics.csv").exists() or latest_checkpoint(run_dir) is not None:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
@@ -333,11 +353,14 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     Returns:
         :class:`RunResult`.
     """
+    from geodino.models.checkpoint import save_backbone
     from geodino.training.config import save_config
     from geodino.training.diagnostics import probe_images, run_diagnostics
     from geodino.training.distributed import get_rank, get_world_size
-    from geodino.training.meta_arch import SSLMetaArch
+    from geodino.training.parallel import is_sharded, plain_backbone, wrap_model
     from geodino.training.schedules import build_schedules
+    from geodino.training.stages import build_model
+    from geodino.training.throughput import Throughput
 
     run_dir = Path(run_dir)
     ckpt = prepare_run(run_dir, resume)
@@ -351,16 +374,29 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     t = cfg.train
     torch.manual_seed(t.seed)
     device = _device(t.device)
-    model = SSLMetaArch(cfg)
+    model = build_model(cfg)  # SSLMetaArch, continued from init.from_run, or DistillMetaArch
     model.to(device)
+    wrap_model(model, cfg.parallel, device)  # before the optimiser: FSDP2 replaces the parameters
     optimizer = model.make_optimizer()
-    start = load_checkpoint(ckpt, model, optimizer) if ckpt is not None else 0
+    # prepare_run checked the checksums (resumable_checkpoint)
+    resumed = load_checkpoint(ckpt, model, optimizer, verify=False) if ckpt is not None else None
+    start = resumed.iteration if resumed is not None else 0
     if start >= t.steps:
         raise RunError(f"{run_dir}: the run already reached step {start} of train.steps={t.steps}; raise --steps")
     teacher = model.teacher["backbone"]
-    data = build_data(cfg, teacher, epoch=start, rank=rank, world_size=world)
+    data = build_data(cfg, teacher, rank=rank, world_size=world)
+    mine = resumed.for_rank(rank) if resumed is not None else None
+    if resumed is not None and mine is not None:
+        check_same_run(resumed, t.steps, _warn)
+        exact = data.windows.load_state_dict(mine["data"], [r["data"] for r in resumed.ranks])
+        if not exact or resumed.world_size != world:
+            _warn(
+                f"{resumed.path}: saved on {resumed.world_size} rank(s) x {mine['data']['num_workers']} worker(s), "
+                f"resumed on {world} x {data.windows.num_workers}: the window stream continues past every window "
+                "already seen, but not with the batches an uninterrupted run would have drawn"
+            )
     meta = trained_meta(teacher.meta, data)
-    for module in (model.student["backbone"], teacher):
+    for module in model.backbones():
         module.meta = meta  # what the exported backbone carries: these bands and this normalisation
     probe_fn = make_probe(cfg, data)
     schedules = build_schedules(cfg)
@@ -369,20 +405,28 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
     log = log if lead else _quiet
     log(
         f"pretraining {cfg.student.arch} on {len(data.windows.sources)} raster(s), normalisation from "
-        f"{data.normalization}; steps {start}..{t.steps} on {device}" + (f", {world} ranks" if world > 1 else "")
+        f"{data.normalization}; steps {start}..{t.steps} on {device}"
+        + (f", {world} ranks ({model.parallel_strategy})" if world > 1 else "")
     )
     batches = _batches(data.loader)
     model.train()
-    tic, timed = time.perf_counter(), 0  # images/s over the steps since the last row (diagnostics excluded)
+    if mine is not None:
+        restore_rng(mine["rng"])  # last: whatever the set-up drew, the steps draw as the uninterrupted run did
+    speed = Throughput.for_run(cfg, device, world)
+    tic, timed, waited = time.perf_counter(), 0, 0.0  # rates over the steps since the last row (no diagnostics)
     try:
         for it in range(start, t.steps):
-            batch = _to(next(batches), device)
+            t_wait = time.perf_counter()
+            raw = next(batches)
+            waited += time.perf_counter() - t_wait
+            data.windows.advance(raw.pop("last_index"))
+            batch = _to(raw, device)
             total, parts, values = train_step(model, optimizer, schedules, batch, it)
             step, timed = it + 1, timed + 1
             diag = t.diagnostic_every > 0 and (step % t.diagnostic_every == 0 or step == t.steps)
-            logged = step % t.log_every == 0 or diag or step == t.steps or it == start
+            logged = step % t.log_every == 0 or diag or step == t.steps or step == 1
             if logged:
-                rate = t.batch_size * timed / max(time.perf_counter() - tic, 1e-9)
+                rate = speed.images_per_s(timed, time.perf_counter() - tic)  # over all ranks
                 total, parts = _rank_mean(total, parts)
                 row: dict[str, Any] = {
                     "step": step,
@@ -393,23 +437,44 @@ def train(cfg: PretrainConfig, run_dir: str | Path, *, resume: bool = False, log
                     "momentum": values["momentum"],
                     "teacher_temp": values["teacher_temp"],
                     "gram_weight": values["gram_weight"],
-                    "images_per_s": rate * world,
+                    "images_per_s": rate,
+                    "mfu": speed.mfu(rate),
+                    "data_wait_s": waited / timed,  # this rank's mean wait for its next batch per step
                 }
-                if diag and lead:
-                    row.update(run_diagnostics(teacher, probe, model.gram_teacher, probe_fn))
+                if diag:
+                    # FSDP2: every rank gathers the shards, rank 0 runs the diagnostics on whole copies
+                    diag_teacher = plain_backbone(model.exported_backbone)
+                    diag_gram = plain_backbone(model.gram_teacher) if model.gram_teacher is not None else None
+                    if lead:
+                        row.update(run_diagnostics(diag_teacher, probe, diag_gram, probe_fn))
                 if metrics is not None:
                     metrics.write(row)
                 sim = f" patch_sim {row['patch_sim_mean']:.3f}" if diag and lead else ""
                 log(f"step {step}/{t.steps} loss {float(total):.4f} lr {values['lr']:.2e}{sim}")
-            if lead and (step % t.checkpoint_every == 0 or step == t.steps):
-                save_checkpoint(run_dir, model, optimizer, step)
+            if step % t.checkpoint_every == 0 or step == t.steps:  # every rank: states are gathered, DCP shards
+                ck = cfg.checkpoint
+                save_checkpoint(
+                    run_dir,
+                    model,
+                    optimizer,
+                    step,
+                    rank_state={"data": data.windows.state_dict()},
+                    meta={"steps": t.steps, "backbone_meta": meta.to_dict()},
+                    keep=ck.keep,
+                    milestone_every=ck.milestone_every,
+                    sharded=None if ck.format == "auto" else ck.format == "dcp",
+                )
             if logged:
-                tic, timed = time.perf_counter(), 0
+                tic, timed, waited = time.perf_counter(), 0, 0.0
     finally:
         if metrics is not None:
             metrics.close()
     out = run_dir / "backbone.pth"
-    if lead:
+    if is_sharded(model):  # every rank gathers the shards, rank 0 writes
+        export = plain_backbone(teacher)
+        if lead:
+            save_backbone(export, out)
+    elif lead:
         model.export_teacher_backbone(out)
     _barrier()
     return RunResult(run_dir, start, t.steps, out, model)
@@ -429,6 +494,12 @@ def _rank_mean(total: torch.Tensor, parts: dict[str, Any]) -> tuple[torch.Tensor
 
 def _quiet(*_: Any) -> None:
     """The log of ranks other than 0."""
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)
 
 
 def trained_meta(meta: Any, data: DataPipeline) -> Any:

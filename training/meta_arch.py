@@ -194,7 +194,16 @@ class SSLMetaArch(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.student["backbone"].cls_token.device
+        return self.teacher["backbone"].cls_token.device
+
+    def backbones(self) -> list[nn.Module]:
+        """The backbones whose metadata (bands, normalisation) the run sets: student and EMA teacher."""
+        return [self.student["backbone"], self.teacher["backbone"]]
+
+    @property
+    def exported_backbone(self) -> nn.Module:
+        """The backbone the run exports and diagnoses: the EMA teacher's."""
+        return self.teacher["backbone"]
 
     # ---------------------------------------------------------------------------------- Gram teacher
     def load_gram_teacher(self, path: str | Path) -> nn.Module:
@@ -255,7 +264,7 @@ class SSLMetaArch(nn.Module):
         if g.ndim != 4 or n_g < 1 or g.shape[0] % n_g:
             raise BatchError(f"global_crops {tuple(g.shape)} is not (n_global={n_g} * B, C, H, W)")
         B = g.shape[0] // n_g
-        p = self.student["backbone"].patch_size
+        p = self.teacher["backbone"].patch_size
         n_patches = (g.shape[-2] // p) * (g.shape[-1] // p)
         if masks.dtype != torch.bool or tuple(masks.shape) != (g.shape[0], n_patches):
             raise BatchError(
@@ -307,8 +316,16 @@ class SSLMetaArch(nn.Module):
             "patch_tokens": out["x_norm_patchtokens"],
         }
 
-    def get_student_output(self, batch: dict[str, Any]) -> dict[str, Tensor | None]:
+    def get_student_output(
+        self, batch: dict[str, Any], student: nn.ModuleDict | None = None, mask_tokens: bool = True
+    ) -> dict[str, Tensor | None]:
         """Student on the masked global crops and the local crops.
+
+        Args:
+            batch: the batch.
+            student: ``backbone``, ``dino_head``, ``ibot_head`` to run; None: ``self.student``.
+            mask_tokens: replace the masked patches by the mask token; False (distillation) shows the student
+                the whole crops, the masks then only choose the patches of the iBOT loss.
 
         Returns:
             ``global_cls_logits`` (n_global, B, K), ``local_cls_logits`` (n_local, B, K) or None,
@@ -318,15 +335,16 @@ class SSLMetaArch(nn.Module):
         """
         g, masks = batch["global_crops"], batch["masks"]
         n_g, n_l = int(batch["n_global"]), int(batch["n_local"])
-        backbone = self.student["backbone"]
+        student = self.student if student is None else student
+        backbone = student["backbone"]
         with self._autocast():
-            glob = backbone.forward_features(g, masks)
+            glob = backbone.forward_features(g, masks if mask_tokens else None)
             cls = [glob["x_norm_clstoken"]]
             if n_l > 0:
                 loc = backbone.forward_features(batch["local_crops"], local_crops=True)
                 cls.append(loc["x_norm_clstoken"])
-            cls_logits = self.student["dino_head"](torch.cat(cls)).float()
-            patch_logits = self.student["ibot_head"](glob["x_norm_patchtokens"][masks]).float()
+            cls_logits = student["dino_head"](torch.cat(cls)).float()
+            patch_logits = student["ibot_head"](glob["x_norm_patchtokens"][masks]).float()
         n_global_rows = g.shape[0]
         global_logits = cls_logits[:n_global_rows].unflatten(0, (n_g, -1))
         local_logits = cls_logits[n_global_rows:].unflatten(0, (n_l, -1)) if n_l > 0 else None

@@ -466,3 +466,10 @@ def test_vector_nodata_and_ignore_values(tmp_path: Path) -> None:
     path = _write_layer(tmp_path / "h.gpkg", geoms, height=[0.0, -1.0, 7.5])
     got = _on_image(path, "canopy-height", label_column="height", nodata=-1.0)
     assert (got[:10, :10] == 0.0).all() and (got[40:50, 40:50] == 7.5).all() and np.isfinite(got).sum() == 200
+
+
+@pytest.mark.skipif(_has_pyarrow(), reason="pyarrow installed: GeoParquet reads")
+def test_geoparquet_without_pyarrow_says_what_is_missing(tmp_path: Path, image: Path) -> None:
+    (tmp_path / "lc.parquet").write_bytes(b"PAR1")
+    with pytest.raises(LabelError, match=r"lc.parquet: reading GeoParquet labels needs pyarrow"):
+        make_chips([image], [tmp_path / "lc.parquet"], task="land-cover", label_column="cls")

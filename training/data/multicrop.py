@@ -19,6 +19,11 @@ Augmentations (DINOv3 recipe, dinov3-reference.md section 3, adapted to overhead
 
 Nodata pixels are filled with the band mean before resizing and set to 0 after normalisation wherever the resized
 validity falls below one half.
+
+Mixed crop sizes (high-resolution adaptation, e.g. global 512/768 with Gram-teacher crops 768/1152, local
+112-336): the crops of one batch must share a size to be stacked, so :class:`MixedSizeCollate` draws the sizes per
+batch (from the batch's window seeds, so a batch is reproducible) and makes the crops there, in the data-loader
+worker, with :meth:`MultiCrop.make`; :meth:`MultiCrop.__call__` then passes the window through untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Box", "MultiCrop", "default_band_groups"]
+__all__ = ["Box", "MixedSizeCollate", "MultiCrop", "default_band_groups"]
 
 
 def default_band_groups(n_bands: int) -> list[list[int]]:
@@ -75,6 +80,7 @@ class MultiCrop:
         grayscale_p: grayscale probability.
         blur_p: blur probabilities (first global, other globals, local).
         solarize_p: solarize probability on the second global crop.
+        defer: return windows untouched from ``__call__`` (a :class:`MixedSizeCollate` makes the crops per batch).
     """
 
     mean: Sequence[float]
@@ -93,6 +99,7 @@ class MultiCrop:
     grayscale_p: float = 0.2
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
     solarize_p: float = 0.2
+    defer: bool = False
     _mean: Tensor = field(init=False, repr=False)
     _std: Tensor = field(init=False, repr=False)
 
@@ -200,17 +207,31 @@ class MultiCrop:
 
     # ------------------------------------------------------------------ main
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Crops of one window at the configured sizes (see :meth:`make`); the window itself when ``defer``."""
+        return item if self.defer else self.make(item)
+
+    def make(
+        self,
+        item: dict[str, Any],
+        global_size: int | None = None,
+        local_size: int | None = None,
+        gram_size: int | None = None,
+    ) -> dict[str, Any]:
         """Crops of one window.
 
         Args:
             item: ``image`` (C, S, S) float32 scaled units, ``valid`` (S, S) bool, ``seed`` int (and any others,
                 passed through).
+            global_size / local_size / gram_size: sides for this window; None: the configured ones.
 
         Returns:
             ``global_crops`` list of n_global (C, Hg, Wg), ``local_crops`` list of n_local (C, Hl, Wl),
             ``gram_crops`` list of n_global (C, Hgt, Wgt) or None, all float32 normalised; plus the item's other
             keys except ``image`` / ``valid``.
         """
+        global_size = global_size or self.global_size
+        local_size = local_size or self.local_size
+        gram_size = gram_size or self.gram_size
         image, valid = item["image"], item["valid"]
         if image.shape[0] != len(self.mean):
             raise ValueError(f"window has {image.shape[0]} bands, the normalisation {len(self.mean)}")
@@ -223,20 +244,68 @@ class MultiCrop:
         globals_, grams, locals_ = [], [], []
         for i in range(self.n_global):
             box = self.sample_box(size, self.global_scale, g)
-            crop = self.apply_box(stack, box, self.global_size)
+            crop = self.apply_box(stack, box, global_size)
             blur_p = self.blur_p[0] if i == 0 else self.blur_p[1]
             sol_p = self.solarize_p if i == 1 else 0.0
             globals_.append(self._normalise(self._photometric(crop[:-1], blur_p, sol_p, g), crop[-1:]))
-            if self.gram_size is not None:
-                gram = self.apply_box(stack, box, self.gram_size)
+            if gram_size is not None:
+                gram = self.apply_box(stack, box, gram_size)
                 grams.append(self._normalise(gram[:-1], gram[-1:]))
         for _ in range(self.n_local):
             box = self.sample_box(size, self.local_scale, g)
-            crop = self.apply_box(stack, box, self.local_size)
+            crop = self.apply_box(stack, box, local_size)
             locals_.append(self._normalise(self._photometric(crop[:-1], self.blur_p[2], 0.0, g), crop[-1:]))
         out = {k: val for k, val in item.items() if k not in ("image", "valid")}
-        out.update(global_crops=globals_, local_crops=locals_, gram_crops=grams if self.gram_size else None)
+        out.update(global_crops=globals_, local_crops=locals_, gram_crops=grams if gram_size else None)
         return out
+
+
+@dataclass
+class MixedSizeCollate:
+    """``collate_fn`` drawing one global (and Gram-teacher) and one local crop size per batch.
+
+    The draw is uniform over the sizes, from a generator seeded by the batch's window seeds: the same windows give
+    the same sizes (a resumed run repeats them), different batches draw independently. Each rank and worker draws
+    for its own batches, so two ranks may train one step at different sizes.
+
+    Args:
+        crops: the augmentation, built with ``defer=True`` (it receives raw windows).
+        global_sizes: global crop sides.
+        local_sizes: local crop sides.
+        gram_sizes: Gram-teacher side paired with each global side, or None for no Gram-teacher crops.
+        collate: batch and mask crops of one global side (e.g. a partial of
+            :class:`~geodino.training.data.collate.MultiCropCollate` taking ``global_size``).
+    """
+
+    crops: MultiCrop
+    global_sizes: Sequence[int]
+    local_sizes: Sequence[int]
+    gram_sizes: Sequence[int] | None
+    collate: Any
+    _collates: dict[int, Any] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.crops.defer:
+            raise ValueError("MixedSizeCollate needs a MultiCrop built with defer=True (it makes the crops itself)")
+        if self.gram_sizes is not None and len(self.gram_sizes) != len(self.global_sizes):
+            raise ValueError(f"{len(self.gram_sizes)} Gram-teacher sizes for {len(self.global_sizes)} global sizes")
+
+    def sizes_for(self, samples: Sequence[dict[str, Any]]) -> tuple[int, int, int | None]:
+        """(global side, local side, Gram-teacher side or None) of the batch of ``samples``."""
+        import numpy as np
+
+        rng = np.random.default_rng([*(int(s["seed"]) for s in samples), 2])  # 2: not the masks' stream
+        i, j = int(rng.integers(len(self.global_sizes))), int(rng.integers(len(self.local_sizes)))
+        gram = None if self.gram_sizes is None else int(self.gram_sizes[i])
+        return int(self.global_sizes[i]), int(self.local_sizes[j]), gram
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The batch of ``samples`` (raw windows), every crop of a kind at the batch's size."""
+        size, local, gram = self.sizes_for(samples)
+        made = [self.crops.make(s, size, local, gram) for s in samples]
+        if size not in self._collates:
+            self._collates[size] = self.collate(global_size=size)
+        return self._collates[size](made)
 
 
 def _uniform(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:

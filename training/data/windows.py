@@ -5,6 +5,19 @@ The stream is a function of ``(seed, epoch, index)`` only: global index ``i`` al
 workers, ``k`` = rank x workers + worker id) takes the indices ``i = k, k + n, k + 2n, ...``, so no two shards ever
 yield the same index. Windows that are mostly nodata are skipped (their index is consumed, nothing is yielded).
 
+The stream's position is resumable: the loop tells the stream which index each consumed batch reached
+(:meth:`RasterWindows.advance`, from the ``last_index`` that :class:`IndexedCollate` adds to a batch), and
+:meth:`RasterWindows.state_dict` / :meth:`RasterWindows.load_state_dict` carry, per shard, the next index to read
+plus the number of batches consumed. A restored stream starts every shard there and rotates the workers so that the
+data loader (which takes batches from workers 0, 1, ... in turn) hands over the very batches an uninterrupted run
+would have; resumed on another sharding (world size or worker count), every shard starts past the furthest index
+any shard had reached (no window is seen twice, but the batches differ from an uninterrupted run).
+
+Worker processes draw nothing from the global random generators (every window's augmentations are seeded by the
+window's own seed, a function of ``(seed, epoch, index)``); even so :func:`seed_worker` seeds Python ``random``,
+NumPy's global generator and torch in each worker from ``(seed, epoch, rank, shard, start index)``, so any code
+that does draw from them repeats on resume.
+
 Rasters are read through :class:`geodino.raster.source.RasterSource` (files, mosaics, bands, nodata masks): only the
 window asked for is read, so rasters far larger than memory are fine.
 """
@@ -14,6 +27,7 @@ from __future__ import annotations
 import glob
 import os
 import pickle
+import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,12 +46,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from geodino.raster.source import RasterSource
 
 __all__ = [
+    "IndexedCollate",
     "RasterWindows",
     "TrainingDataError",
     "WindowRef",
     "expand_paths",
     "normalization_stats",
     "open_sources",
+    "seed_worker",
 ]
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
@@ -224,6 +240,41 @@ def _shard() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed ``random``, NumPy's global generator and torch in a data-loader worker.
+
+    The seed is ``SeedSequence([seed, epoch, rank, shard, start index])`` of the worker's :class:`RasterWindows`: a
+    function of where the worker starts reading, never of the process or the clock. The pipeline itself draws
+    nothing from these generators (see the module docstring).
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is None or not isinstance(info.dataset, RasterWindows):
+        return
+    ds = info.dataset
+    shard = ds.shard_of(worker_id, info.num_workers)
+    start = ds.start_index(shard, ds.world_size * info.num_workers)
+    seq = np.random.SeedSequence([ds.seed, ds.epoch, ds.rank, shard, start])
+    a, b, c = (int(v) for v in seq.generate_state(3, dtype=np.uint32))
+    random.seed(a)
+    np.random.seed(b)
+    torch.manual_seed(c)
+
+
+@dataclass
+class IndexedCollate:
+    """A ``collate_fn`` wrapper adding ``last_index``: the highest stream index among a batch's windows.
+
+    The loop hands it to :meth:`RasterWindows.advance` once the batch is consumed (items must carry ``ref``).
+    """
+
+    collate: Callable[[Sequence[Any]], dict[str, Any]]
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(samples)
+        batch["last_index"] = max(int(s["ref"].index) for s in samples)
+        return batch
+
+
 class RasterWindows(IterableDataset):
     """An endless, seeded stream of square windows from rasters.
 
@@ -236,8 +287,8 @@ class RasterWindows(IterableDataset):
         window_size: window side S in pixels.
         max_nodata_fraction: windows with a larger fraction of invalid pixels are skipped.
         seed: seed of the stream.
-        epoch: a second seed component (e.g. the iteration a resumed run restarts at), so a resumed run does not
-            replay the windows it has already seen.
+        epoch: a second seed component (another, independent stream of windows for the same seed). A resumed run
+            keeps its epoch and continues from its saved position instead (:meth:`load_state_dict`).
         rank: this process's rank (distributed training).
         world_size: number of ranks.
         transform: applied to each item inside the worker (e.g. :class:`~geodino.training.data.multicrop.MultiCrop`).
@@ -283,6 +334,11 @@ class RasterWindows(IterableDataset):
             [(s.height - window_size + 1) * (s.width - window_size + 1) for s in self.sources], dtype=np.float64
         )
         self._cumulative = np.cumsum(positions / positions.sum())
+        self.num_workers = 1  # data-loader workers per rank (the loop sets it); shards = world_size x num_workers
+        self._next: dict[int, int] = {}  # shard -> next stream index to read (shards that yielded a consumed batch)
+        self._batches = 0  # batches consumed on this rank
+        self._rotation = 0  # a restored stream's worker w serves the shard of worker (w + rotation) % num_workers
+        self._base: int | None = None  # after a restore on another sharding: every shard starts at or past this
 
     def ref(self, index: int) -> WindowRef:
         """The window at global stream index ``index`` (pure function of seed, epoch and index)."""
@@ -304,13 +360,80 @@ class RasterWindows(IterableDataset):
         seed = int(np.random.default_rng([self.seed, self.epoch, ref.index, 1]).integers(2**62))
         return {"image": torch.from_numpy(data), "valid": torch.from_numpy(valid), "seed": seed, "ref": ref}
 
+    def shard_of(self, worker: int = 0, num_workers: int = 1) -> int:
+        """The shard number ``k`` (``rank x workers + w``) that data-loader worker ``worker`` reads."""
+        return self.rank * num_workers + (worker + self._rotation) % num_workers
+
+    def start_index(self, shard: int, n: int) -> int:
+        """The first index shard ``shard`` of ``n`` reads: its restored position; after a restore on another
+        sharding, its first index at or past the furthest one reached; else the shard number itself."""
+        if shard in self._next:
+            return self._next[shard]
+        if self._base is not None:
+            return self._base + (shard - self._base) % n
+        return shard
+
     def shard_indices(self, worker: int = 0, num_workers: int = 1) -> Iterator[int]:
-        """The endless global indices this (rank, worker) shard owns."""
+        """The endless global indices this (rank, worker) shard owns, from its start (see :meth:`start_index`)."""
         n = self.world_size * num_workers
-        index = self.rank * num_workers + worker
+        index = self.start_index(self.shard_of(worker, num_workers), n)
         while True:
             yield index
             index += n
+
+    # ---------------------------------------------------------------------------------------- position
+    def advance(self, last_index: int) -> None:
+        """Record that a batch whose highest stream index is ``last_index`` was consumed (in loader order)."""
+        n = self.world_size * self.num_workers
+        self._next[int(last_index) % n] = int(last_index) + n
+        self._batches += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's stream position: plain ints, picklable (see the module docstring)."""
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "batches": self._batches,
+            "next": dict(self._next),
+            "base": self._base,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> bool:
+        """Continue from a saved position; returns whether the stream continues exactly.
+
+        Args:
+            state: :meth:`state_dict` of this rank at the checkpoint.
+            others: every rank's saved state (for a restore on another sharding: the furthest index reached).
+
+        Returns:
+            True when seed, epoch, world size and workers match (the batches are those of an uninterrupted run);
+            False when the sharding changed (every shard restarts past the furthest index any shard had reached).
+
+        Raises:
+            TrainingDataError: the saved stream had another seed or epoch (another stream altogether).
+        """
+        if (state["seed"], state["epoch"]) != (self.seed, self.epoch):
+            raise TrainingDataError(
+                f"the checkpoint's window stream has seed {state['seed']} epoch {state['epoch']}, this run seed "
+                f"{self.seed} epoch {self.epoch}: restore train.seed={state['seed']} to resume it"
+            )
+        self._batches = int(state["batches"])
+        exact = (state["world_size"], state["num_workers"], state["rank"]) == (
+            self.world_size,
+            self.num_workers,
+            self.rank,
+        )
+        if exact:
+            self._next = {int(k): int(v) for k, v in state["next"].items()}
+            self._rotation, self._base = self._batches % self.num_workers, state.get("base")
+            return True
+        reached = [int(v) for s in (state, *others) for v in s["next"].values()]
+        reached += [int(s["base"]) for s in (state, *others) if s.get("base") is not None]
+        self._next, self._rotation, self._base = {}, 0, max(reached, default=0)
+        return False
 
     def iter_shard(self, worker: int = 0, num_workers: int = 1) -> Iterator[Any]:
         """Items of one shard, mostly-nodata windows skipped."""
