@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from training_data_helpers import single_thread, write_rgb  # noqa: F401 (single_thread is a fixture)
+from training_data_helpers import assert_same_state, single_thread, write_rgb  # noqa: F401 (single_thread is a fixture)
 
 from geodino.models.checkpoint import load_backbone
 from geodino.training import checkpoint as ck
@@ -26,24 +26,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # imported fixture: one t
 
 def _quiet(*_):
     pass
-
-
-def _equal(a, b) -> None:
-    """Nested dicts/lists of tensors are bit-identical."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, np.ndarray):  # NumPy's generator state
-        assert np.array_equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            _equal(a[key], b[key])
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            _equal(x, y)
-    else:
-        assert a == b
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +79,8 @@ def test_a_checkpoint_holds_models_centres_optimiser_rng_and_stream_position(tmp
     saved, loaded = model.state_dict(), fresh.state_dict()
     assert any(k.startswith("gram_teacher.") for k in saved) and any(k.startswith("teacher.dino_head") for k in saved)
     assert saved["dino_loss.center"].abs().sum() > 0 and saved["ibot_loss.center"].abs().sum() > 0
-    _equal(saved, loaded)  # student, EMA teacher, Gram teacher, both heads, DINO and iBOT centres
-    _equal(optimizer.state_dict(), fresh_opt.state_dict())  # moments, step counts, param groups
+    assert_same_state(saved, loaded)  # student, EMA teacher, Gram teacher, both heads, DINO and iBOT centres
+    assert_same_state(optimizer.state_dict(), fresh_opt.state_dict())  # moments, step counts, param groups
     ck.restore_rng(state.for_rank(0)["rng"])
     assert random.random() == draws[0] and np.random.rand() == draws[1] and torch.equal(torch.rand(3), draws[2])
     # The stream continues where it stopped: worker 0 of the restored loader serves the shard whose turn is next.
@@ -158,8 +140,8 @@ def test_a_checkpoint_cut_in_half_is_detected_and_the_previous_one_used(tmp_path
         result = train(load_config(run / "config.yaml"), run, resume=True, log=_quiet)
     assert result.start_iteration == 3  # resumed from the previous checkpoint and redid steps 4 to 6
     redone = torch.load(last, weights_only=False)
-    _equal(original["model"], redone["model"])
-    _equal(original["optimizer"], redone["optimizer"])
+    assert_same_state(original["model"], redone["model"])
+    assert_same_state(original["optimizer"], redone["optimizer"])
     # Every checkpoint corrupt: a clear refusal, not a fresh start.
     for _, path in ck.list_checkpoints(run):
         path.write_bytes(b"\0" * 100)
@@ -179,11 +161,13 @@ def test_sharded_dcp_folders_in_one_process_resume_exactly_export_and_a_flipped_
     shutil.rmtree(resumed / "checkpoints" / "checkpoint_00000004.dcp")
     result = train(load_config(resumed / "config.yaml"), resumed, resume=True, log=_quiet)
     assert result.start_iteration == 2
-    _equal(torch.load(whole / "backbone.pth")["state_dict"], torch.load(resumed / "backbone.pth")["state_dict"])
+    assert_same_state(
+        torch.load(whole / "backbone.pth")["state_dict"], torch.load(resumed / "backbone.pth")["state_dict"]
+    )
     # Any checkpoint exports its EMA teacher as a backbone file, with the run's bands and normalisation.
     exported = load_backbone(ck.export_backbone(folders[1], tmp_path / "teacher_4.pth"))
     final = load_backbone(whole / "backbone.pth")
-    _equal(exported.state_dict(), final.state_dict())
+    assert_same_state(exported.state_dict(), final.state_dict())
     assert exported.meta.replace(source=final.meta.source) == final.meta and final.meta.weights == "geodino"
     earlier = load_backbone(ck.export_backbone(folders[0], tmp_path / "teacher_2.pth"))
     assert not torch.equal(earlier.blocks[0].mlp.fc1.weight, final.blocks[0].mlp.fc1.weight)
@@ -313,11 +297,11 @@ def test_fsdp2_sharded_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path, 
         runs.append((snapshot, losses, model.state_dict()))
     (dcp_snap, dcp_losses, dcp_final), (file_snap, file_losses, file_final) = runs
     # The 2-rank shards, loaded in 1 process, are exactly the full state the 2 ranks gathered at step K ...
-    _equal(dcp_snap[0], file_snap[0])
-    _equal(dcp_snap[1], file_snap[1])
+    assert_same_state(dcp_snap[0], file_snap[0])
+    assert_same_state(dcp_snap[1], file_snap[1])
     # ... and the single process continues from either identically.
     assert dcp_losses == file_losses
-    _equal(dcp_final, file_final)
+    assert_same_state(dcp_final, file_final)
     # Against the 2-rank run that never stopped: the same losses and weights up to the float differences of one
     # batch of 8 against two of 4 (summation order). Measured: losses equal to 7 digits, weights within 3e-7.
     torch.testing.assert_close(torch.tensor(dcp_losses), torch.tensor(reference["losses"][K:]), rtol=1e-5, atol=0)
@@ -364,9 +348,9 @@ def test_a_two_rank_run_resumes_exactly_on_two_ranks_and_with_a_warning_on_one(t
     again = interrupted("again")
     _spawn_loop(tmp_path, again, overrides, resume=True)
     redone = torch.load(again / "checkpoints" / "checkpoint_00000004.pth", weights_only=False)
-    _equal(saved["model"], redone["model"])  # every rank restored its own RNG and stream position
-    _equal(saved["optimizer"], redone["optimizer"])
-    _equal(saved["ranks"], redone["ranks"])
+    assert_same_state(saved["model"], redone["model"])  # every rank restored its own RNG and stream position
+    assert_same_state(saved["optimizer"], redone["optimizer"])
+    assert_same_state(saved["ranks"], redone["ranks"])
 
     one = interrupted("one")
     with pytest.warns(UserWarning, match=r"saved on 2 rank\(s\) x 1 worker\(s\), resumed on 1 x 1"):

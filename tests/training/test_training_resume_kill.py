@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_data_helpers import write_rgb
+from training_data_helpers import assert_same_state, write_rgb
 
 from geodino.models.checkpoint import load_backbone
 from geodino.training.checkpoint import list_checkpoints
@@ -71,22 +71,6 @@ def _final(run: Path) -> dict:
     return torch.load(run / "checkpoints" / f"checkpoint_{STEPS:08d}.pth", map_location="cpu", weights_only=False)
 
 
-def _same_tensors(a, b) -> None:
-    """Nested dicts/lists of tensors are bit-identical."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            _same_tensors(a[key], b[key])
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            _same_tensors(x, y)
-    else:
-        assert a == b
-
-
 @pytest.mark.slow
 def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     image = write_rgb(tmp_path / "scene.tif", size=96, seed=5)
@@ -124,10 +108,10 @@ def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(tmp_path: Path
     assert all(float(r["gram"]) > 0 for r in _rows(whole) if int(r["step"]) > 6)
     a, b = _final(whole), _final(killed)
     assert a["iteration"] == b["iteration"] == STEPS
-    _same_tensors(a["model"], b["model"])  # student, EMA teacher, heads, loss centres
-    _same_tensors(a["optimizer"], b["optimizer"])
+    assert_same_state(a["model"], b["model"])  # student, EMA teacher, heads, loss centres
+    assert_same_state(a["optimizer"], b["optimizer"])
     assert a["ranks"][0]["data"] == b["ranks"][0]["data"]  # the window stream reached the same place
     # The teacher exported after the resume is the uninterrupted run's, and load_backbone reads it.
     ta, tb = load_backbone(whole / "backbone.pth"), load_backbone(killed / "backbone.pth")
-    _same_tensors(ta.state_dict(), tb.state_dict())
+    assert_same_state(ta.state_dict(), tb.state_dict())
     assert tb.meta.replace(source=ta.meta.source) == ta.meta and tb.embed_dim == 64  # source: the file's path

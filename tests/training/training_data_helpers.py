@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,3 +55,24 @@ def tiny_args(data: Path | list[Path], out: Path, steps: int = 3, *extra: str) -
     for p in paths:
         args += ["--data", str(p)]
     return [*args, "train.batch_size=4", "train.log_every=1", "train.diagnostic_every=0", *extra]
+
+
+def assert_same_state(a: Any, b: Any) -> None:
+    """Nested dicts / lists / tuples of tensors (and NumPy generator states) are bit-identical."""
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_state(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_state(x, y)
+    else:
+        assert a == b
