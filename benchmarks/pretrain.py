@@ -19,6 +19,11 @@ two real gloo processes, one thread each) with B images on each of 2 processes (
 process on B images, both measured in this run (each in its own process, a barrier before and after every step,
 medians of ``--repeats``). Ratio 1.0 is perfect weak scaling; it needs a free core per process.
 
+**GPU** (``vitl16_gpu`` in ``--configs``; CUDA only, else it says so and is skipped): ViT-L/16 continued-pretraining
+step (224/96 px crops, 2 + 8 crops, Gram on, bf16 autocast, fused AdamW) through the real loader, timed step by step:
+images/s, MFU against the card's bf16 peak MEASURED in this run (a large bf16 matmul, best of several) and against
+the datasheet peak when the card is known, and the share of step time spent waiting for the loader's next batch.
+
 Usage: ``python benchmarks/pretrain.py --repeats 5 --threads 1 --workers 2``
 (``--configs ranks --strategies ddp,fsdp2 --batch 8`` for the ranks case alone)
 """
@@ -195,9 +200,84 @@ def bench_ranks(scene: Path, repeats: int, batch: int | None, strategies: list[s
         )
 
 
+GPU_OVERRIDES = [
+    "student.arch=vitl16",
+    "crops.global_size=224",
+    "crops.local_size=96",
+    "crops.n_local=8",
+    "gram.enabled=true",
+    "train.device=cuda",
+    "train.bf16=true",
+]
+
+
+def measured_bf16_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """The card's achievable bf16 matmul rate: best of ``repeats`` (n x n) @ (n x n) products, in TFLOP/s."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def bench_gpu(scene: Path, repeats: int, workers: int, batch: int | None) -> None:
+    """ViT-L/16 bf16 on one GPU: images/s, MFU (measured and datasheet peak), share of the step waiting for data."""
+    from geodino.training.throughput import Throughput, peak_tflops
+
+    if not torch.cuda.is_available():
+        print("vitl16_gpu: skipped (needs a CUDA GPU)")
+        return
+    device = torch.device("cuda")
+    extra = [f"data.paths=['{scene}']", f"train.num_workers={workers}", f"train.batch_size={batch or 32}"]
+    cfg = load_config(None, [*GPU_OVERRIDES, *extra])
+    torch.manual_seed(0)
+    model = SSLMetaArch(cfg).to(device).train()
+    optimizer = model.make_optimizer()
+    schedules = build_schedules(cfg)
+    data = build_data(cfg, model.teacher["backbone"])
+    it = iter(data.loader)
+    steps, waits = [], []
+    for r in range(repeats + 2):  # two warm-up steps (cuDNN / allocator)
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        raw = next(it)
+        raw.pop("last_index", None)
+        batch_ = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in raw.items()}
+        t1 = time.perf_counter()
+        train_step(model, optimizer, schedules, batch_, 10 + r)
+        torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        if r >= 2:
+            steps.append(t2 - t0)
+            waits.append(t1 - t0)
+    step_s = statistics.median(steps)
+    speed = Throughput.for_run(cfg, device, 1)
+    rate = speed.images_per_s(1, step_s)
+    measured = measured_bf16_tflops(device)
+    sheet = peak_tflops(device)
+    achieved = speed.flops_per_image * rate / 1e12
+    print(f"vitl16_gpu: {torch.cuda.get_device_name(device)}, batch {cfg.train.batch_size}, bf16 autocast")
+    print(
+        f"  step {step_s * 1e3:8.1f} ms   {rate:8.1f} images/s   model {achieved:7.1f} TFLOP/s   "
+        f"MFU {achieved / measured:.3f} of the measured bf16 peak {measured:.0f} TFLOP/s"
+        + (f", {achieved / sheet:.3f} of the datasheet {sheet:.0f}" if sheet else "")
+    )
+    print(
+        f"  waiting for data: {statistics.median(waits) / step_s:.1%} of the step (median of {repeats}; "
+        f"{workers} loader workers)   peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="tiny,vits16,ranks", help="comma-separated: tiny, vits16, ranks")
+    parser.add_argument(
+        "--configs", default="tiny,vits16,ranks", help="comma-separated: tiny, vits16, ranks, vitl16_gpu (CUDA)"
+    )
     parser.add_argument("--strategies", default="ddp,fsdp2", help="ranks case: comma-separated ddp, fsdp2, none")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -210,7 +290,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scene = write_scene(Path(tmp) / "scene.tif")
         for name in args.configs.split(","):
-            if name.strip() == "ranks":
+            if name.strip() == "vitl16_gpu":
+                bench_gpu(scene, args.repeats, args.workers, args.batch)
+            elif name.strip() == "ranks":
                 bench_ranks(scene, args.repeats, args.batch, [s.strip() for s in args.strategies.split(",")])
             else:
                 bench_config(name.strip(), scene, args.repeats, args.workers, args.batch)
