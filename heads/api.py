@@ -440,7 +440,11 @@ def train_head(
     say(f"{len(chips)} chips of {tile}x{tile}: {len(train)} train, {0 if val is None else len(val)} validation")
 
     n_classes = len(class_map.names) if class_map is not None else None
-    model = build_head_model(model_backbone, task=task, head=head, n_classes=n_classes, loss=loss)
+    import torch
+
+    with torch.random.fork_rng():  # the head's initial weights follow `seed`, not whatever ran before
+        torch.manual_seed(seed)
+        model = build_head_model(model_backbone, task=task, head=head, n_classes=n_classes, loss=loss)
     config = _config(
         HeadTrainConfig,
         task,

@@ -127,3 +127,23 @@ def test_evaluate_without_matplotlib_writes_the_report_and_says_why_no_figures(s
     with pytest.warns(UserWarning, match="matplotlib"):
         ev = evaluate(model, paths["holdout"], paths["heights"], tmp_path / "r")
     assert ev.report_path.exists() and ev.figures == () and not list((tmp_path / "r").glob("*.png"))
+
+
+def test_same_seed_same_model_whatever_the_global_rng_holds(scene, tmp_path) -> None:
+    """The head's initial weights come from `seed`: two runs give the same weights though torch's RNG differs."""
+    import torch
+
+    from geodino.bundle import load_model
+    from geodino.heads.api import train_head
+
+    _, paths = scene
+    states = []
+    for run, noise in enumerate((1, 2)):
+        torch.manual_seed(noise)  # as if other code had drawn from the global generator first
+        result = train_head(
+            [paths["train"]], [paths["classes"]], task="land-cover", backbone="test", out=tmp_path / f"m{run}.gdm",
+            classes=CLASSES, tile=TILE, epochs=1, block_size=TILE, seed=3, progress=False,
+        )  # fmt: skip
+        states.append(load_model(result.model_path).state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
