@@ -142,13 +142,21 @@ def accumulate_patch(
     in_patch = inter.slices_in(footprint)
     in_canvas = inter.slices_in(canvas)
     wk = weights[in_patch]
-    contrib = wk * pred[(slice(None), *in_patch)].astype(np.float32, copy=False)
-    if valid is not None:
-        vk = valid[in_patch]
-        if not vk.all():  # most patches hold no nodata: skip the masking copies
-            wk = np.where(vk, wk, np.float32(0))
-            contrib = np.where(vk, contrib, np.float32(0))  # w * NaN would be NaN, not 0
-    acc[(slice(None), *in_canvas)] += contrib
+    part = pred[(slice(None), *in_patch)].astype(np.float32, copy=False)
+    vk = None if valid is None else valid[in_patch]
+    if vk is not None and vk.all():  # most patches hold no nodata: skip the masking copies
+        vk = None
+    if vk is not None:
+        wk = np.where(vk, wk, np.float32(0))
+    # Channel by channel through one (h, w) buffer that stays in cache (the same float32 multiply, then add, per
+    # element as a whole-patch product would do; no (C, h, w) temporary).
+    term = np.empty(wk.shape, dtype=np.float32)
+    for c in range(part.shape[0]):
+        np.multiply(wk, part[c], out=term)
+        if vk is not None:
+            np.copyto(term, np.float32(0), where=~vk)  # w * NaN would be NaN, not 0
+        plane = acc[(c, *in_canvas)]
+        np.add(plane, term, out=plane)
     wsum[in_canvas] += wk
 
 

@@ -98,3 +98,23 @@ def test_rows_are_the_patches_plus_one_padded_batch(
         assert sum(real < BATCH for _, real in run) <= 1  # one short batch at most
     assert np.isfinite(first).all()
     assert np.array_equal(first, second)  # the same bytes over both chunkings
+
+
+def test_single_batch_output_is_not_copied_and_equals_the_multi_batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call of at most one batch (what the batch queue sends) returns that batch's output without concatenating
+    it into a copy, with the same bytes as the same patches predicted among more batches."""
+    from geodino.workflows import predictor as predictor_module
+
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 1).eval()
+    info = predictor_module.PredictorInfo(in_bands=3, out_channels=4, kind="regression")
+    predictor = predictor_module.from_callable(model, info, batch_size=4)
+    x = np.random.default_rng(0).normal(size=(7, 3, 8, 8)).astype(np.float32)
+    both = predictor(x)  # two batches: concatenated
+    concatenated = []
+    real = np.concatenate
+    monkeypatch.setattr(predictor_module.np, "concatenate", lambda *a, **k: concatenated.append(1) or real(*a, **k))
+    one = predictor(x[:3])
+    assert not concatenated
+    assert one.shape == (3, 4, 8, 8)
+    assert one.tobytes() == both[:3].tobytes()

@@ -1,0 +1,224 @@
+"""Where a mapping's CPU time goes, next to the bare forward over the same patches (robust to a loaded machine).
+
+Not a test. Runs benchmark (a)'s model (ViT-S/16 + linear head, random weights, CPU) on a generated raster at the
+given tile and overlap, once as bare forwards of full batches and once through ``map_raster``, and prints:
+
+- process CPU time (user + system, all threads) and wall time of both, and their ratios;
+- per component, the CPU time of the threads that ran it (``time.thread_time``; torch's OpenMP workers are not
+  counted there, they appear per thread below): reading, normalising, the forward passes (and what the
+  queue does around them), blending, finishing, class maps, Zarr writes, store creation and opening;
+- per thread alive at the end, its CPU time during the mapping (from ``/proc/self/task``), by name;
+- the threads alive while forward passes run, and ``torch.get_num_threads()`` as seen from the calling threads.
+
+Run: ``python benchmarks/profile_mapping.py --size 2048 --tile 512 --overlap 64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mapping import make_raster, vit_linear_predictor  # benchmarks/mapping.py
+
+_CPU: dict[str, float] = defaultdict(float)
+_CALLS: dict[str, int] = defaultdict(int)
+_SEEN: dict[str, set[int]] = defaultdict(set)
+_TORCH_THREADS: set[int] = set()
+_THREADS_IN_FORWARD: list[int] = []
+_LOCK = threading.Lock()
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _task_cpu() -> dict[int, tuple[str, float, int]]:
+    """CPU seconds (user + system) and minor page faults of every thread of this process, with its name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float, int]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick, int(fields[7]))
+    return out
+
+
+def _timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` accumulating the calling thread's CPU time under ``name`` (nested timers count in both)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.thread_time()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            spent = time.thread_time() - start
+            with _LOCK:
+                _CPU[name] += spent
+                _CALLS[name] += 1
+                _SEEN[name].add(threading.get_ident())
+
+    return wrapper
+
+
+def _patch(obj: Any, attr: str, name: str) -> None:
+    setattr(obj, attr, _timed(name, getattr(obj, attr)))
+
+
+def instrument() -> None:
+    """Wrap the mapping's components with CPU-time accounting (module attributes, so the workflow's own calls
+    go through the wrappers)."""
+    from geodino.raster import normalize, source
+    from geodino.workflows import batching, mapping, predictor, sink
+
+    _patch(source.RasterSource, "read", "read")
+    _patch(normalize.Normalization, "apply", "normalise")
+    _patch(mapping, "_open_chunk", "open chunk (read+normalise+plan)")
+    _patch(mapping, "accumulate_patch", "blend: accumulate_patch")
+    _patch(mapping, "valid_to_output", "blend: valid_to_output")
+    _patch(mapping, "finalize", "finalize")
+    _patch(mapping, "chunk_outputs", "class map (chunk_outputs)")
+    _patch(mapping, "predict_chunk", "predict_chunk (all of it)")
+    _patch(mapping, "release_freed_memory", "malloc_trim")
+    _patch(mapping.ZarrSink, "create", "store create")
+    _patch(sink.ZarrSink, "write", "zarr write")
+    _patch(sink.ZarrSink, "mark_done", "zarr mark_done")
+    _patch(mapping, "open_output", "open_output")
+    _patch(mapping, "_new_manifest", "manifest (digests)")
+    _patch(batching.BatchQueue, "_execute", "batch: stack + predictor + hand out")
+    _patch(predictor.Predictor, "__call__", "predictor call (pad, concat, check)")
+    forward = predictor.Predictor._forward
+
+    def counted_forward(self: Any, x: torch.Tensor) -> Any:
+        with _LOCK:
+            _THREADS_IN_FORWARD.append(threading.active_count())
+            _TORCH_THREADS.add(torch.get_num_threads())
+        return forward(self, x)
+
+    predictor.Predictor._forward = _timed("forward (calling thread only)", counted_forward)  # type: ignore[method-assign]
+
+
+Threads = dict[int, tuple[str, float, int]]
+
+
+def bare(model: torch.nn.Module, x: torch.Tensor, batches: int) -> tuple[float, float, Threads]:
+    """Wall and CPU seconds of ``batches`` forwards, and per-thread CPU."""
+    with torch.inference_mode():
+        before = _task_cpu()
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        for _ in range(batches):
+            model(x)
+        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    return wall, cpu, _delta(before, _task_cpu())
+
+
+def _delta(before: Threads, after: Threads) -> Threads:
+    out = {}
+    for tid, (name, cpu, faults) in after.items():
+        _, cpu0, faults0 = before.get(tid, (name, 0.0, 0))
+        out[tid] = (name, cpu - cpu0, faults - faults0)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--tile", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None, help="threads of the threaded scheduler")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads before running")
+    parser.add_argument("--cprofile", type=Path, default=None, help="also write a cProfile of the mapping here")
+    args = parser.parse_args()
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    from geodino.raster.source import RasterSource
+    from geodino.workflows.mapping import _plan_grid, map_raster
+
+    predictor = vit_linear_predictor(args.batch_size)
+    model = predictor.model()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        raster = make_raster(work / "r.tif", args.size)
+        grid = _plan_grid(RasterSource(raster), predictor, args.tile, args.overlap)
+        batches = math.ceil(grid.num_patches / args.batch_size)
+        x = torch.randn(args.batch_size, 3, grid.patch, grid.patch)
+        bare(model, x, 1)  # warm-up
+        # A warm-up mapping too (imports, Dask's thread pool, zarr codecs), uninstrumented.
+        map_raster(raster, predictor, work / "w.zarr", tile=args.tile, overlap=args.overlap, progress=False)
+        b_wall, b_cpu, b_threads = bare(model, x, batches)
+        instrument()
+        from geodino.workflows import mapping
+
+        profiler = None
+        if args.cprofile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+        before = _task_cpu()
+        wall, cpu = time.perf_counter(), _cpu_seconds()
+        if profiler:
+            profiler.enable()
+        mapping.map_raster(
+            raster,
+            predictor,
+            work / "a.zarr",
+            tile=args.tile,
+            overlap=args.overlap,
+            workers=args.workers,
+            progress=False,
+        )
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(str(args.cprofile))
+        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+        m_threads = _delta(before, _task_cpu())
+        b2_wall, b2_cpu, _ = bare(model, x, batches)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(
+        f"{args.size}^2 tile {grid.patch} overlap {grid.patch - grid.stride}: {grid.num_patches} patches, "
+        f"{batches} batches of {args.batch_size}; load {' '.join(load)}"
+    )
+    print(f"bare forward: wall {b_wall:.2f} / {b2_wall:.2f} s, CPU {b_cpu:.2f} / {b2_cpu:.2f} s (before / after)")
+    bw, bc = (b_wall + b2_wall) / 2, (b_cpu + b2_cpu) / 2
+    print(f"mapping:      wall {wall:.2f} s ({wall / bw:.3f}x), CPU {cpu:.2f} s ({cpu / bc:.3f}x)")
+    print(f"extra CPU over the mean bare forward: {cpu - bc:.2f} s")
+    print("component CPU (threads that called it):")
+    for name in sorted(_CPU, key=lambda n: -_CPU[n]):
+        print(f"  {name:42s} {_CPU[name]:7.2f} s  calls {_CALLS[name]:4d}  threads {len(_SEEN[name])}")
+    print("threads, CPU and minor page faults during the mapping (vs the first bare forward):")
+    for tid, (name, spent, faults) in sorted(m_threads.items(), key=lambda t: -t[1][1]):
+        _, b_spent, b_faults = b_threads.get(tid, ("", 0.0, 0))
+        if spent > 0.005 or b_spent > 0.005:
+            print(f"  {tid:8d} {name:16s} {spent:7.2f} s {faults:8d} faults   (bare {b_spent:.2f} s {b_faults} faults)")
+    total = sum(t[2] for t in m_threads.values()), sum(t[2] for t in b_threads.values())
+    print(f"minor page faults: mapping {total[0]}, bare forward {total[1]}")
+    print(
+        f"threads alive during forwards: {sorted(set(_THREADS_IN_FORWARD))}; torch.get_num_threads() in the "
+        f"calling threads: {sorted(_TORCH_THREADS)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
