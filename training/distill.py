@@ -31,10 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from geodino.training.config import ConfigError, PretrainConfig, backbone_name, student_spec
-from geodino.training.dino_head import DINOHead
 from geodino.training.ema import ema_update
-from geodino.training.losses import DINOLoss, KoLeoLoss, KoLeoLossDistributed, iBOTPatchLoss
-from geodino.training.meta_arch import SSLMetaArch, _freeze
+from geodino.training.meta_arch import SSLMetaArch, _freeze, network_with_heads, ssl_losses
 from geodino.training.param_groups import get_param_groups
 from geodino.training.schedules import gram_weight_schedule
 
@@ -99,19 +97,9 @@ class DistillMetaArch(SSLMetaArch):
         self.students = nn.ModuleDict()
         for spec in specs:
             backbone = build_student_backbone(cfg, spec, teacher["backbone"])
-            dim = backbone.embed_dim
-            self.students[spec["name"]] = nn.ModuleDict(
-                {
-                    "backbone": backbone,
-                    "dino_head": DINOHead(dim, h1.prototypes, h1.hidden_dim, h1.bottleneck_dim, h1.nlayers),
-                    "ibot_head": DINOHead(dim, h2.prototypes, h2.hidden_dim, h2.bottleneck_dim, h2.nlayers),
-                }
-            )
+            self.students[spec["name"]] = network_with_heads(cfg, backbone)
         self.students_ema = _freeze(copy.deepcopy(self.students))
-        lc = cfg.loss
-        self.dino_loss = DINOLoss(h1.prototypes, student_temp=lc.student_temp)
-        self.ibot_loss = iBOTPatchLoss(h2.prototypes, student_temp=lc.student_temp)
-        self.koleo_loss = KoLeoLossDistributed() if lc.koleo_distributed else KoLeoLoss()
+        self.dino_loss, self.ibot_loss, self.koleo_loss = ssl_losses(cfg)
         self.gram_loss = None
         self.gram_teacher = None
         self.gram_schedule = None

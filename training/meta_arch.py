@@ -99,6 +99,28 @@ def build_backbone(cfg: PretrainConfig) -> nn.Module:
     return model.train()
 
 
+def network_with_heads(cfg: PretrainConfig, backbone: nn.Module) -> nn.ModuleDict:
+    """``backbone`` with the DINO and iBOT heads of ``cfg`` on its width: keys backbone, dino_head, ibot_head."""
+    dim, h1, h2 = backbone.embed_dim, cfg.dino_head, cfg.ibot_head
+    return nn.ModuleDict(
+        {
+            "backbone": backbone,
+            "dino_head": DINOHead(dim, h1.prototypes, h1.hidden_dim, h1.bottleneck_dim, h1.nlayers),
+            "ibot_head": DINOHead(dim, h2.prototypes, h2.hidden_dim, h2.bottleneck_dim, h2.nlayers),
+        }
+    )
+
+
+def ssl_losses(cfg: PretrainConfig) -> tuple[DINOLoss, iBOTPatchLoss, nn.Module]:
+    """The DINO, iBOT and KoLeo losses of ``cfg`` (KoLeo over all ranks when ``loss.koleo_distributed``)."""
+    lc = cfg.loss
+    return (
+        DINOLoss(cfg.dino_head.prototypes, student_temp=lc.student_temp),
+        iBOTPatchLoss(cfg.ibot_head.prototypes, student_temp=lc.student_temp),
+        KoLeoLossDistributed() if lc.koleo_distributed else KoLeoLoss(),
+    )
+
+
 def _freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
@@ -151,20 +173,9 @@ class SSLMetaArch(nn.Module):
         super().__init__()
         self.cfg = cfg
         backbone = build_backbone(cfg)
-        dim = backbone.embed_dim
-        h1, h2 = cfg.dino_head, cfg.ibot_head
-        self.student = nn.ModuleDict(
-            {
-                "backbone": backbone,
-                "dino_head": DINOHead(dim, h1.prototypes, h1.hidden_dim, h1.bottleneck_dim, h1.nlayers),
-                "ibot_head": DINOHead(dim, h2.prototypes, h2.hidden_dim, h2.bottleneck_dim, h2.nlayers),
-            }
-        )
+        self.student = network_with_heads(cfg, backbone)
         self.teacher = _freeze(copy.deepcopy(self.student))
-        lc = cfg.loss
-        self.dino_loss = DINOLoss(h1.prototypes, student_temp=lc.student_temp)
-        self.ibot_loss = iBOTPatchLoss(h2.prototypes, student_temp=lc.student_temp)
-        self.koleo_loss = KoLeoLossDistributed() if lc.koleo_distributed else KoLeoLoss()
+        self.dino_loss, self.ibot_loss, self.koleo_loss = ssl_losses(cfg)
         g = cfg.gram
         self.gram_loss = GramLoss(
             apply_norm=g.apply_norm,
