@@ -8,11 +8,7 @@ distributed scheduler ships it to each worker once rather than once per task. Pr
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import logging
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -221,28 +217,3 @@ def _gather(client: Any, graph: list[Any], progress: bool) -> list[Any]:
     except BaseException:
         client.cancel(futures)
         raise
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None on other C libraries and platforms."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by finished work back to the OS (glibc's ``malloc_trim(0)``; a no-op elsewhere).
-
-    glibc keeps freed chunk-sized buffers in its per-thread arenas (and raises its mmap threshold after each large
-    free, so later buffers of that size come from the arenas too); without trimming, a process's resident memory
-    creeps up with the number of chunks a run has processed. Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` for the
-    same reason; this does it for the threaded scheduler too. Costs about a millisecond per call.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)

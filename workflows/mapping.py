@@ -29,8 +29,9 @@ from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chu
 from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
 from geodino.workflows import manifest as _manifest
+from geodino.workflows.allocator import release_after_chunk, release_freed_memory, tune_allocator
 from geodino.workflows.batching import ChunksAhead, PatchStream, batch_queue, on_cluster_worker
-from geodino.workflows.execution import connect, release_freed_memory, run_tasks
+from geodino.workflows.execution import connect, run_tasks
 from geodino.workflows.options import MapOptions
 from geodino.workflows.predictor import Predictor, bands_by_name, build_predictor, check_bands, from_backbone
 from geodino.workflows.shared_patches import SHARED, SharingKey, chunks_of, sharing_key
@@ -370,6 +371,7 @@ def run_chunk(task: ChunkTask, ctx: ChunkContext) -> int:
     Returns:
         The number of patches the model ran on.
     """
+    tune_allocator()  # once per process: this one, or a cluster worker's
     try:
         values, patches = predict_chunk(task, ctx)
     except (ValueError, OSError) as err:  # anticipated: reported to the user as one line
@@ -381,7 +383,7 @@ def run_chunk(task: ChunkTask, ctx: ChunkContext) -> int:
     ctx.sink.write(task.core, chunk_outputs(values, ctx.outputs, ctx.predictor.kind))
     ctx.sink.mark_done(task.iy, task.ix)
     del values
-    release_freed_memory()
+    release_after_chunk()
     return patches
 
 
@@ -522,6 +524,7 @@ def map_raster(
         StoreMismatchError: ``resume`` into a store made by another run (names the fields that differ).
         SchedulerError: The Dask scheduler does not answer (before any store is created).
     """
+    tune_allocator()  # before any thread this run starts first allocates (see geodino.workflows.allocator)
     options = _options(options, overrides)
     if options.pretraining is not None or options.random_weights:
         raise InputError("pretraining / random_weights choose a backbone's weights: use embed_raster (geodino embed)")
@@ -552,6 +555,7 @@ def embed_raster(
     Returns:
         The store opened lazily; variable ``embedding`` (feature, y, x).
     """
+    tune_allocator()  # before any thread this run starts first allocates (see geodino.workflows.allocator)
     options = _options(options, overrides)
     check_device(options.device)
     predictor = from_backbone(
@@ -678,6 +682,7 @@ def _run(
         finally:
             SHARED.drop_run(run)
             _record_end(sink, status)
+            release_freed_memory()  # the run's buffers, kept for reuse from batch to batch
     return open_output(out)
 
 

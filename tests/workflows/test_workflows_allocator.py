@@ -1,0 +1,119 @@
+"""The mapping's allocator settings: large buffers reused from batch to batch, never trimmed after each chunk.
+
+The page-fault cases run in fresh interpreters: the settings are process-wide and permanent, and a process whose
+environment names glibc malloc parameters must be left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rasters import smooth_scene, write_raster
+
+from geodino.workflows import allocator
+from geodino.workflows.mapping import map_raster
+
+glibc = pytest.mark.skipif(allocator._libc() is None, reason="glibc only")
+
+#: A worker thread allocates and frees buffers the sizes of a ViT block's activations, ROUNDS times, and prints
+#: the minor page faults of each round. Untuned, glibc maps buffers above 32 MB (its largest dynamic mmap threshold)
+#: afresh every time, so their pages fault in again each round; tuned, the thread reuses them once the heap has
+#: grown to hold them. torch's CPU buffers, unlike numpy's, are not backed by transparent huge pages, which would
+#: hide the faults; one torch thread keeps the work on the thread that allocates.
+_CHILD = """
+import json, resource, threading
+import torch
+from geodino.workflows.allocator import allocator_state, tune_allocator
+torch.set_num_threads(1)
+ROUNDS, SIZES_MB = 16, (12, 38, 50, 12)
+tuned = tune_allocator()
+faults = []
+def work():
+    for _ in range(ROUNDS):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        held = [torch.ones(mb * 2**20 // 4) for mb in SIZES_MB]
+        del held
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(json.dumps({"tuned": tuned, "why": allocator_state()[1], "faults": faults}))
+"""
+
+
+def _child(**env: str) -> dict[str, object]:
+    clean = {k: v for k, v in os.environ.items() if k not in allocator.MALLOC_ENV and k != allocator.OPT_OUT_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD], env=clean | env, capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@glibc
+def test_tuned_allocator_reuses_large_buffers_across_a_threads_batches() -> None:
+    tuned = _child()
+    untuned = _child(**{allocator.OPT_OUT_ENV: "0"})
+    assert tuned["tuned"] is True and untuned["tuned"] is False
+    mapped_afresh = (38 + 50) * 2**20 // 4096  # pages of the buffers above 32 MB
+    # The last 6 rounds: untuned, each faults the large buffers in again; tuned, all are reused.
+    assert sum(untuned["faults"][-6:]) >= 6 * mapped_afresh * 0.9, untuned
+    assert sum(tuned["faults"][-6:]) <= 0.1 * mapped_afresh, tuned
+
+
+@glibc
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MALLOC_TRIM_THRESHOLD_", "65536"),  # what Dask's nanny sets for its workers
+        ("MALLOC_ARENA_MAX", "4"),
+        ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072"),
+        (allocator.OPT_OUT_ENV, "off"),
+    ],
+)
+def test_malloc_parameters_chosen_in_the_environment_are_left_alone(name: str, value: str) -> None:
+    got = _child(**{name: value})
+    assert got["tuned"] is False
+    assert name in str(got["why"])
+
+
+def test_untuned_process_trims_after_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setitem(allocator._STATE, "tuned", False)
+    allocator.release_after_chunk()
+    assert calls == [1]
+    monkeypatch.setitem(allocator._STATE, "tuned", True)
+    allocator.release_after_chunk()
+    assert calls == [1]
+
+
+@glibc
+def test_map_raster_tunes_the_allocator_and_trims_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (whose environment sets no malloc parameter): tuned before the run, then one trim at its end,
+    none per chunk; the store is the same as an untuned run's."""
+    for name in (*allocator.MALLOC_ENV, allocator.OPT_OUT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        pytest.skip("this process's environment sets glibc malloc tunables")
+    scene = write_raster(tmp_path / "scene.tif", smooth_scene(3, 128, 192, seed=3, dtype=np.uint8))
+    trims: list[int] = []
+    from geodino.workflows import mapping
+
+    monkeypatch.setattr(mapping, "release_freed_memory", lambda: trims.append(1))
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: trims.append(1))
+    kwargs = {"tile": 64, "overlap": 16, "chunk": 48, "progress": False}
+    tuned = map_raster(scene, "model_factories:small_conv", tmp_path / "tuned.zarr", **kwargs)
+    assert allocator.allocator_state() == (True, "tuned")
+    assert len(trims) == 1  # 12 chunks, one trim: the run's end
+
+    trims.clear()
+    monkeypatch.setitem(allocator._STATE, "tuned", False)
+    untuned = map_raster(scene, "model_factories:small_conv", tmp_path / "untuned.zarr", **kwargs)
+    assert len(trims) == 12 + 1  # every chunk, and the run's end
+    np.testing.assert_array_equal(tuned["prediction"].values, untuned["prediction"].values)
