@@ -29,6 +29,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from geodino.workflows.model_thread import run_forward
+
 #: How often a short batch held back for an arriving chunk task re-checks that one is still on its way.
 ARRIVAL_POLL_S = 1.0
 #: A thread between two chunk tasks (writing one) for longer than this no longer holds back short batches.
@@ -227,7 +229,8 @@ class BatchQueue:
     def _execute(self, batch: list[_Item]) -> None:
         """Run one batch without the lock; hand each item its prediction or the batch's error."""
         try:
-            out = self._run(np.stack([item.patch for item in batch]))
+            stacked = np.stack([item.patch for item in batch])
+            out = run_forward(lambda: self._run(stacked))  # on the run's model thread, if it has one
             for item, pred in zip(batch, out, strict=True):
                 item.result = pred
         except BaseException as err:  # every owner re-raises it

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import dask
 
 from geodino.errors import SchedulerError
+from geodino.workflows.model_thread import serve_forwards
 
 Scheduler = Literal["threads", "sync", "distributed"]
 _SCHEDULERS = ("threads", "sync", "distributed")
@@ -98,9 +99,12 @@ def run_tasks(
     bar = _local_progress() if progress else contextlib.nullcontext()
     with bar:
         kwargs: dict[str, Any] = {"scheduler": scheduler}
-        if scheduler == "threads" and workers:
+        if scheduler == "sync":  # the tasks run on this thread, forward passes included
+            return list(dask.compute(*graph, **kwargs))
+        if workers:
             kwargs["num_workers"] = int(workers)
-        return list(dask.compute(*graph, **kwargs))
+        # The tasks run on the scheduler's threads; their forward passes run here (geodino.workflows.model_thread).
+        return serve_forwards(lambda: list(dask.compute(*graph, **kwargs)))
 
 
 @contextlib.contextmanager
