@@ -8,7 +8,9 @@ Not a test: it prints ratios measured against baselines taken in the same run.
     default 224-px tile (overlap 56) on ``--size`` x ``--size``, and at the satellite models' 512-px tile
     (overlap 64) on 2048 x 2048 and 4096 x 4096 (``--tile512-sizes``). Also printed: the rows sent to the model
     (padding included) against the grid's patches; at most ``patches + batch - 1`` (one padded last batch).
-    Targets: <= 1.15 at 224 px, <= 1.10 at 512 px.
+    Targets: <= 1.15 at 224 px, <= 1.10 at 512 px. The allocator is tuned first, as ``geodino map`` does
+    (:mod:`geodino.workflows.allocator`), so the bare forwards run with the same settings as the mapping;
+    ``GEODINO_TUNE_MALLOC=0`` measures both with glibc's defaults.
 (b) Peak resident memory (VmHWM) of a mapping of a ``--rss-large``\\ :sup:`2` raster divided by that of a
     ``--rss-small``\\ :sup:`2` one, each in a fresh subprocess, with a cheap per-pixel model (1x1 convolutions).
     Target <= 1.25.
@@ -45,6 +47,7 @@ from rasterio.windows import Window as RioWindow
 from torch import nn
 
 from geodino.raster.source import READ_CACHE_BYTES
+from geodino.workflows.allocator import allocator_state, tune_allocator
 from geodino.workflows.predictor import PredictorInfo, from_callable
 
 CHEAP_TILE, CHEAP_OVERLAP = 256, 32
@@ -351,9 +354,12 @@ def main() -> None:
         print(json.dumps(role(args.raster, args.out, args.chunk)))
         return
     parts = args.only or ["a", "b", "c"]
+    # As `geodino map` does before it builds a model; the bare forwards of (a) and (d) run with the same settings.
+    tune_allocator()
+    why = allocator_state()[1]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        print(f"torch threads: {torch.get_num_threads()}; CPU only")
+        print(f"torch threads: {torch.get_num_threads()}; CPU only; allocator: {why}")
         if "a" in parts or "c" in parts:
             raster = make_raster(work / f"r{args.size}.tif", args.size)
         if "a" in parts:

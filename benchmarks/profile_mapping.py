@@ -99,7 +99,7 @@ def instrument() -> None:
     _patch(mapping, "finalize", "finalize")
     _patch(mapping, "chunk_outputs", "class map (chunk_outputs)")
     _patch(mapping, "predict_chunk", "predict_chunk (all of it)")
-    _patch(mapping, "release_freed_memory", "malloc_trim")
+    _patch(mapping, "release_after_chunk", "malloc_trim (untuned allocator only)")
     _patch(mapping.ZarrSink, "create", "store create")
     _patch(sink.ZarrSink, "write", "zarr write")
     _patch(sink.ZarrSink, "mark_done", "zarr mark_done")
@@ -153,6 +153,9 @@ def main() -> None:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    from geodino.workflows.allocator import tune_allocator
+
+    tune_allocator()  # as geodino map does, before any model is built
     from geodino.raster.source import RasterSource
     from geodino.workflows.mapping import _plan_grid, map_raster
 
