@@ -6,11 +6,14 @@ given tile and overlap, once as bare forwards of full batches and once through `
 - process CPU time (user + system, all threads) and wall time of both, and their ratios;
 - per component, the CPU time of the threads that ran it (``time.thread_time``; torch's OpenMP workers are not
   counted there, they appear per thread below): reading, normalising, the forward passes (and what the
-  queue does around them), blending, finishing, class maps, Zarr writes, store creation and opening;
+  queue does around them), blending, finishing, class maps, Zarr writes, store creation and opening; and the
+  wall time of their calls (with ``--scheduler sync`` nothing overlaps: a Zarr write's wall time includes the
+  store's own I/O thread, which its CPU time does not);
 - per thread alive at the end, its CPU time during the mapping (from ``/proc/self/task``), by name;
 - the threads alive while forward passes run, and ``torch.get_num_threads()`` as seen from the calling threads.
 
-Run: ``python benchmarks/profile_mapping.py --size 2048 --tile 512 --overlap 64``.
+Run: ``python benchmarks/profile_mapping.py --size 2048 --tile 512 --overlap 64``; where the time outside the
+forward passes goes at the 224-px tile: ``--size 4096 --tile 224 --overlap 56 --scheduler sync``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mapping import make_raster, vit_linear_predictor  # benchmarks/mapping.py
 
 _CPU: dict[str, float] = defaultdict(float)
+_WALL: dict[str, float] = defaultdict(float)
 _CALLS: dict[str, int] = defaultdict(int)
 _SEEN: dict[str, set[int]] = defaultdict(set)
 _TORCH_THREADS: set[int] = set()
@@ -64,17 +68,19 @@ def _task_cpu() -> dict[int, tuple[str, float, int]]:
 
 
 def _timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func`` accumulating the calling thread's CPU time under ``name`` (nested timers count in both)."""
+    """``func`` accumulating the calling thread's CPU time and the wall time of its calls under ``name`` (nested
+    timers count in both)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.thread_time()
+        start, wall = time.thread_time(), time.perf_counter()
         try:
             return func(*args, **kwargs)
         finally:
-            spent = time.thread_time() - start
+            spent, waited = time.thread_time() - start, time.perf_counter() - wall
             with _LOCK:
                 _CPU[name] += spent
+                _WALL[name] += waited
                 _CALLS[name] += 1
                 _SEEN[name].add(threading.get_ident())
 
@@ -147,6 +153,12 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="threads of the threaded scheduler")
+    parser.add_argument(
+        "--scheduler",
+        choices=["threads", "sync"],
+        default="threads",
+        help="sync: every step on one thread, so the wall times of the components add up to the mapping's",
+    )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads before running")
     parser.add_argument("--cprofile", type=Path, default=None, help="also write a cProfile of the mapping here")
     args = parser.parse_args()
@@ -190,6 +202,7 @@ def main() -> None:
             tile=args.tile,
             overlap=args.overlap,
             workers=args.workers,
+            scheduler=args.scheduler,
             progress=False,
         )
         if profiler:
@@ -207,9 +220,12 @@ def main() -> None:
     bw, bc = (b_wall + b2_wall) / 2, (b_cpu + b2_cpu) / 2
     print(f"mapping:      wall {wall:.2f} s ({wall / bw:.3f}x), CPU {cpu:.2f} s ({cpu / bc:.3f}x)")
     print(f"extra CPU over the mean bare forward: {cpu - bc:.2f} s")
-    print("component CPU (threads that called it):")
-    for name in sorted(_CPU, key=lambda n: -_CPU[n]):
-        print(f"  {name:42s} {_CPU[name]:7.2f} s  calls {_CALLS[name]:4d}  threads {len(_SEEN[name])}")
+    print(f"component CPU (threads that called it) and wall time of the calls (summed over threads), {args.scheduler}:")
+    for name in sorted(_CPU, key=lambda n: -_WALL[n]):
+        print(
+            f"  {name:42s} CPU {_CPU[name]:7.2f} s  wall {_WALL[name]:7.2f} s  calls {_CALLS[name]:4d}  "
+            f"threads {len(_SEEN[name])}"
+        )
     print("threads, CPU and minor page faults during the mapping (vs the first bare forward):")
     for tid, (name, spent, faults) in sorted(m_threads.items(), key=lambda t: -t[1][1]):
         _, b_spent, b_faults = b_threads.get(tid, ("", 0.0, 0))
