@@ -10,7 +10,10 @@ given tile and overlap, once as bare forwards of full batches and once through `
   wall time of their calls (with ``--scheduler sync`` nothing overlaps: a Zarr write's wall time includes the
   store's own I/O thread, which its CPU time does not);
 - per thread alive at the end, its CPU time during the mapping (from ``/proc/self/task``), by name;
-- the threads alive while forward passes run, and ``torch.get_num_threads()`` as seen from the calling threads.
+- the threads alive while forward passes run, and ``torch.get_num_threads()`` as seen from the calling threads;
+- with ``--paired``, each forward pass of the mapping next to a bare forward run right after it: this machine's
+  speed drifts by 10% and more within a minute, so whether the mapping's own passes are slower than bare ones can
+  only be told from pairs measured at the same moment (the mapping's totals then include the paired passes).
 
 Run: ``python benchmarks/profile_mapping.py --size 2048 --tile 512 --overlap 64``; where the time outside the
 forward passes goes at the 224-px tile: ``--size 4096 --tile 224 --overlap 56 --scheduler sync``.
@@ -44,6 +47,7 @@ _CALLS: dict[str, int] = defaultdict(int)
 _SEEN: dict[str, set[int]] = defaultdict(set)
 _TORCH_THREADS: set[int] = set()
 _THREADS_IN_FORWARD: list[int] = []
+_PAIRS: list[tuple[float, float]] = []
 _LOCK = threading.Lock()
 
 
@@ -91,9 +95,9 @@ def _patch(obj: Any, attr: str, name: str) -> None:
     setattr(obj, attr, _timed(name, getattr(obj, attr)))
 
 
-def instrument() -> None:
+def instrument(paired: tuple[torch.nn.Module, torch.Tensor] | None = None) -> None:
     """Wrap the mapping's components with CPU-time accounting (module attributes, so the workflow's own calls
-    go through the wrappers)."""
+    go through the wrappers); with ``paired`` (model, batch), follow each forward pass with a bare one."""
     from geodino.raster import normalize, source
     from geodino.workflows import batching, mapping, predictor, sink
 
@@ -121,7 +125,23 @@ def instrument() -> None:
             _TORCH_THREADS.add(torch.get_num_threads())
         return forward(self, x)
 
-    predictor.Predictor._forward = _timed("forward (calling thread only)", counted_forward)  # type: ignore[method-assign]
+    timed = _timed("forward (calling thread only)", counted_forward)
+    if paired is None:
+        predictor.Predictor._forward = timed  # type: ignore[method-assign]
+        return
+    model, x = paired
+
+    def paired_forward(self: Any, batch: torch.Tensor) -> Any:
+        start = time.perf_counter()
+        out = timed(self, batch)
+        spent = time.perf_counter() - start
+        with torch.inference_mode():
+            start = time.perf_counter()
+            model(x)
+            _PAIRS.append((spent, time.perf_counter() - start))
+        return out
+
+    predictor.Predictor._forward = paired_forward  # type: ignore[method-assign]
 
 
 Threads = dict[int, tuple[str, float, int]]
@@ -161,6 +181,9 @@ def main() -> None:
     )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads before running")
     parser.add_argument("--cprofile", type=Path, default=None, help="also write a cProfile of the mapping here")
+    parser.add_argument(
+        "--paired", action="store_true", help="follow each of the mapping's forward passes with a bare one (timed)"
+    )
     args = parser.parse_args()
 
     if args.torch_threads:
@@ -183,7 +206,7 @@ def main() -> None:
         # A warm-up mapping too (imports, Dask's thread pool, zarr codecs), uninstrumented.
         map_raster(raster, predictor, work / "w.zarr", tile=args.tile, overlap=args.overlap, progress=False)
         b_wall, b_cpu, b_threads = bare(model, x, batches)
-        instrument()
+        instrument((model, x) if args.paired else None)
         from geodino.workflows import mapping
 
         profiler = None
@@ -237,6 +260,14 @@ def main() -> None:
         f"threads alive during forwards: {sorted(set(_THREADS_IN_FORWARD))}; torch.get_num_threads() in the "
         f"calling threads: {sorted(_TORCH_THREADS)}"
     )
+    if _PAIRS:
+        ours, theirs = (sum(p[i] for p in _PAIRS) for i in (0, 1))
+        each = sorted(p[0] / p[1] for p in _PAIRS)
+        print(
+            f"paired ({len(_PAIRS)} pairs; the mapping's totals above include the bare passes): the mapping's "
+            f"forward passes (softmax and output included) {ours:.2f} s, the bare passes right after them "
+            f"{theirs:.2f} s: {ours / theirs:.3f}x in sum, median pair {each[len(each) // 2]:.3f}x"
+        )
 
 
 if __name__ == "__main__":
