@@ -110,6 +110,9 @@ def test_nodata_becomes_nan_and_all_nodata_chunks_skip_the_model(tmp_path: Path,
     seen = sum(int(line.split()[2]) for line in log.read_text().splitlines())
     assert seen == len(with_data) < len(origins)
     assert np.asarray(zarr.open_array(str(tmp_path / "o.zarr"), path="chunk_done")[...]).all()
+    # Every chunk is on disk, the all-nodata one too: writes skip zarr's whole-chunk comparison with the fill value.
+    stored = zarr.open_array(str(tmp_path / "o.zarr"), path="prediction")
+    assert stored.nchunks_initialized == stored.nchunks == 4 * 6
 
 
 def test_classification_outputs(scene: Path, tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ the settings below; the mapping's CPU time over the bare forward passes' went fr
 
 :func:`tune_allocator` therefore sets, once per process, one arena for the threads that start afterwards, an mmap
 threshold of 256 MiB and a trim threshold of 1 GiB (``mallopt``), so the forward's buffers are reused from batch to
-batch; the mapping then trims once at the end of a run instead of after every chunk. These settings are process-wide
+batch; the mapping then never trims after a chunk, and at a run's end only when more than the trim threshold is
+free (:func:`release_after_run`), so the next run reuses the rest. These settings are process-wide
 and last for the process's life (glibc cannot return to its dynamic thresholds). Memory stays bounded by what one
 forward pass and the chunks in flight need, not the raster: the heap keeps what they held at their peak, plus what
 ``posix_memalign``'s padding strands between buffers (measured: mapping 2048² at tile 512 peaked at 1.4-1.6 GB
@@ -133,6 +134,29 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (2.33 and later): every field a ``size_t``."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def free_heap_bytes() -> int | None:
+    """Bytes freed by the program that glibc still holds in its arenas (``mallinfo2().fordblks``, all arenas).
+
+    Returns:
+        The byte count, or None where it cannot be known (not glibc, or glibc older than 2.33).
+    """
+    libc = _libc()
+    mallinfo2 = getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
 def release_after_chunk() -> None:
     """After a chunk: trim only where the allocator is not tuned.
 
@@ -143,3 +167,21 @@ def release_after_chunk() -> None:
     """
     if not allocator_state()[0]:
         release_freed_memory()
+
+
+def release_after_run() -> None:
+    """At a run's end: trim, unless the allocator is tuned and holds at most ``TRIM_THRESHOLD_BYTES`` freed.
+
+    Tuned, the process keeps up to that much free memory at its heap's top while a run lasts anyway; keeping what a
+    finished run freed within the same bound lets the next run in this process (a script or notebook mapping one
+    scene after another) reuse it instead of faulting it in and zeroing it again. Measured on the 2-core development
+    machine, mapping 2048² at tile 224 with a ViT-S/16, run after run in one process: 37,000-78,000 minor page
+    faults and 0.8-1.3 s of system time per run with a trim at each run's end, against 70-16,000 faults and
+    0.2-0.3 s without; the runs left 300-800 MB free (tile 512 included). Where more is free, or the amount cannot be read, or the allocator was
+    not tuned, everything free is handed back (:func:`release_freed_memory`).
+    """
+    if allocator_state()[0]:
+        free = free_heap_bytes()
+        if free is not None and free <= TRIM_THRESHOLD_BYTES:
+            return
+    release_freed_memory()

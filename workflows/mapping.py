@@ -29,7 +29,7 @@ from geodino.raster.plan import ChunkTask, PatchGrid, chunk_grid_shape, plan_chu
 from geodino.raster.source import RasterSource
 from geodino.raster.windows import Window
 from geodino.workflows import manifest as _manifest
-from geodino.workflows.allocator import release_after_chunk, release_freed_memory, tune_allocator
+from geodino.workflows.allocator import release_after_chunk, release_after_run, tune_allocator
 from geodino.workflows.batching import ChunksAhead, PatchStream, batch_queue, on_cluster_worker
 from geodino.workflows.execution import connect, run_tasks
 from geodino.workflows.options import MapOptions
@@ -682,7 +682,7 @@ def _run(
         finally:
             SHARED.drop_run(run)
             _record_end(sink, status)
-            release_freed_memory()  # the run's buffers, kept for reuse from batch to batch
+            release_after_run()  # the run's buffers, kept for reuse from batch to batch
     return open_output(out)
 
 

@@ -6,6 +6,7 @@ environment names glibc malloc parameters must be left alone.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -93,24 +94,66 @@ def test_untuned_process_trims_after_every_chunk(monkeypatch: pytest.MonkeyPatch
     assert calls == [1]
 
 
+def test_run_end_keeps_freed_memory_up_to_the_trim_threshold_when_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setitem(allocator._STATE, "tuned", True)
+    for free, trims in (
+        (0, 0),
+        (allocator.TRIM_THRESHOLD_BYTES, 0),
+        (allocator.TRIM_THRESHOLD_BYTES + 1, 1),
+        (None, 1),
+    ):
+        calls.clear()
+        monkeypatch.setattr(allocator, "free_heap_bytes", lambda free=free: free)
+        allocator.release_after_run()
+        assert len(calls) == trims, free
+    monkeypatch.setitem(allocator._STATE, "tuned", False)  # untuned: always, whatever is free
+    monkeypatch.setattr(allocator, "free_heap_bytes", lambda: 0)
+    calls.clear()
+    allocator.release_after_run()
+    assert calls == [1]
+
+
 @glibc
-def test_map_raster_tunes_the_allocator_and_trims_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In this process (whose environment sets no malloc parameter): tuned before the run, then one trim at its end,
-    none per chunk; the store is the same as an untuned run's."""
+def test_free_heap_bytes_sees_a_freed_buffer() -> None:
+    if not hasattr(allocator._libc(), "mallinfo2"):
+        pytest.skip("glibc older than 2.33 (no mallinfo2)")
+    libc = allocator._libc()
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 64 MB from the heap (below any mmap threshold glibc would pick for it here: tuned or raised by earlier frees,
+    # or mapped, in which case freeing it returns it to the OS and the count stays).
+    before = allocator.free_heap_bytes()
+    buf = libc.malloc(64 * 2**20)
+    ctypes.memset(buf, 1, 64 * 2**20)
+    held = allocator.free_heap_bytes()
+    libc.free(buf)
+    after = allocator.free_heap_bytes()
+    assert before is not None and held is not None and after is not None
+    mapped = held == before  # served by mmap: nothing of it was ever in the heap's free lists
+    assert mapped or after - held >= 64 * 2**20
+
+
+@glibc
+def test_map_raster_tunes_the_allocator_and_never_trims_small_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In this process (whose environment sets no malloc parameter): tuned before the run, no trim per chunk and none
+    at its end while little is free; untuned, one per chunk and one at the end; the stores are the same."""
     for name in (*allocator.MALLOC_ENV, allocator.OPT_OUT_ENV):
         monkeypatch.delenv(name, raising=False)
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         pytest.skip("this process's environment sets glibc malloc tunables")
     scene = write_raster(tmp_path / "scene.tif", smooth_scene(3, 128, 192, seed=3, dtype=np.uint8))
     trims: list[int] = []
-    from geodino.workflows import mapping
 
-    monkeypatch.setattr(mapping, "release_freed_memory", lambda: trims.append(1))
     monkeypatch.setattr(allocator, "release_freed_memory", lambda: trims.append(1))
+    monkeypatch.setattr(allocator, "free_heap_bytes", lambda: 2**20)  # what this run left free: 1 MB
     kwargs = {"tile": 64, "overlap": 16, "chunk": 48, "progress": False}
     tuned = map_raster(scene, "model_factories:small_conv", tmp_path / "tuned.zarr", **kwargs)
     assert allocator.allocator_state() == (True, "tuned")
-    assert len(trims) == 1  # 12 chunks, one trim: the run's end
+    assert trims == []  # 12 chunks, and the run's end with 1 MB free
 
     trims.clear()
     monkeypatch.setitem(allocator._STATE, "tuned", False)
