@@ -139,8 +139,19 @@ class _MallInfo2(ctypes.Structure):
 
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def free_heap_bytes() -> int | None:
@@ -177,8 +188,8 @@ def release_after_run() -> None:
     scene after another) reuse it instead of faulting it in and zeroing it again. Measured on the 2-core development
     machine, mapping 2048² at tile 224 with a ViT-S/16, run after run in one process: 37,000-78,000 minor page
     faults and 0.8-1.3 s of system time per run with a trim at each run's end, against 70-16,000 faults and
-    0.2-0.3 s without; the runs left 300-800 MB free (tile 512 included). Where more is free, or the amount cannot be read, or the allocator was
-    not tuned, everything free is handed back (:func:`release_freed_memory`).
+    0.2-0.3 s without; the runs left 300-800 MB free (tile 512 included). Where more is free, or the amount cannot
+    be read, or the allocator was not tuned, everything free is handed back (:func:`release_freed_memory`).
     """
     if allocator_state()[0]:
         free = free_heap_bytes()
