@@ -11,14 +11,14 @@ the settings below; the mapping's CPU time over the bare forward passes' went fr
 
 :func:`tune_allocator` therefore sets, once per process, one arena for the threads that start afterwards, an mmap
 threshold of 256 MiB and a trim threshold of 1 GiB (``mallopt``), so the forward's buffers are reused from batch to
-batch; the mapping then never trims after a chunk, and at a run's end only when more than the trim threshold is
-free (:func:`release_after_run`), so the next run reuses the rest. These settings are process-wide
-and last for the process's life (glibc cannot return to its dynamic thresholds). Memory stays bounded by what one
-forward pass and the chunks in flight need, not the raster: the heap keeps what they held at their peak, plus what
-``posix_memalign``'s padding strands between buffers (measured: mapping 2048² at tile 512 peaked at 1.4-1.6 GB
-tuned and 1.4-1.5 GB untuned; buffers the sizes of a ViT-L/16's activations, allocated in a loop, 0.9-1.2 GB tuned
-against 0.4 GB untuned, which mapped them afresh, 1.8 million faults per 10 rounds). ``GEODINO_TUNE_MALLOC=0``
-trades that speed back for memory.
+batch; the mapping then never trims after a chunk, and at a run's end only when more is free than an eighth of the
+machine's memory (at least the trim threshold; :func:`release_after_run`), so the next run reuses the rest. These
+settings are process-wide and last for the process's life (glibc cannot return to its dynamic thresholds). Memory
+stays bounded by what one forward pass and the chunks in flight need, not the raster: the heap keeps what they held
+at their peak, plus what ``posix_memalign``'s padding strands between buffers (measured: mapping 2048² at tile 512
+peaked at 1.4-1.6 GB tuned and 1.4-1.5 GB untuned; buffers the sizes of a ViT-L/16's activations, allocated in a
+loop, 0.9-1.2 GB tuned against 0.4 GB untuned, which mapped them afresh, 1.8 million faults per 10 rounds).
+``GEODINO_TUNE_MALLOC=0`` trades that speed back for memory.
 
 Left alone: other C libraries and platforms (a no-op), a process whose environment already sets glibc's malloc
 parameters (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
@@ -51,6 +51,11 @@ MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHO
 MMAP_THRESHOLD_BYTES = 256 * 2**20
 #: The heap keeps up to this much free memory at its top instead of giving it back to the OS.
 TRIM_THRESHOLD_BYTES = 2**30
+#: A finished run keeps what it freed (for the next run) while that is at most this share of the memory the
+#: process may use (physical memory, or its cgroup's limit), and never less than ``TRIM_THRESHOLD_BYTES``.
+KEEP_AFTER_RUN_SHARE = 1 / 8
+#: Where a cgroup (v2, then v1) states the memory limit of the processes in it (containers, batch jobs).
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 # mallopt parameter numbers (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -180,19 +185,57 @@ def release_after_chunk() -> None:
         release_freed_memory()
 
 
-def release_after_run() -> None:
-    """At a run's end: trim, unless the allocator is tuned and holds at most ``TRIM_THRESHOLD_BYTES`` freed.
+def memory_limit_bytes(cgroup_files: tuple[str, ...] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """The memory this process may use: physical memory, or its cgroup's limit where one is set and lower.
 
-    Tuned, the process keeps up to that much free memory at its heap's top while a run lasts anyway; keeping what a
-    finished run freed within the same bound lets the next run in this process (a script or notebook mapping one
-    scene after another) reuse it instead of faulting it in and zeroing it again. Measured on the 2-core development
-    machine, mapping 2048² at tile 224 with a ViT-S/16, run after run in one process: 37,000-78,000 minor page
-    faults and 0.8-1.3 s of system time per run with a trim at each run's end, against 70-16,000 faults and
-    0.2-0.3 s without; the runs left 300-800 MB free (tile 512 included). Where more is free, or the amount cannot
-    be read, or the allocator was not tuned, everything free is handed back (:func:`release_freed_memory`).
+    Args:
+        cgroup_files: Files that may hold the cgroup's limit in bytes (the first readable one counts; "max" or a
+            value above physical memory means no limit).
+
+    Returns:
+        Bytes, or None where physical memory cannot be read (``os.sysconf`` unsupported).
+    """
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    for name in cgroup_files:
+        try:
+            with open(name) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        return min(physical, int(text)) if text.isdigit() else physical
+    return physical
+
+
+def keep_after_run_bytes() -> int:
+    """Most freed memory a finished run keeps for the next one: ``KEEP_AFTER_RUN_SHARE`` of
+    :func:`memory_limit_bytes`, at least ``TRIM_THRESHOLD_BYTES`` (that alone where the limit is unknown)."""
+    limit = memory_limit_bytes()
+    return TRIM_THRESHOLD_BYTES if limit is None else max(TRIM_THRESHOLD_BYTES, int(limit * KEEP_AFTER_RUN_SHARE))
+
+
+def release_after_run() -> None:
+    """At a run's end: trim, unless the allocator is tuned and holds at most :func:`keep_after_run_bytes` freed.
+
+    Keeping what a finished run freed lets the next run in this process (a script or notebook mapping one scene
+    after another) reuse it instead of faulting it in and zeroing it again. A run's free memory at its end is about
+    its pipeline's peak (chunks in flight, accumulators, reads opened ahead), which grows with the chunk and the
+    thread count, not with the raster. Measured on the 2-core development machine (24 GiB) with a ViT-S/16, run
+    after run in one process:
+
+    - 2048² at tile 224: 37,000-78,000 minor page faults and 0.8-1.3 s of system time per run with a trim at each
+      run's end, against 70-16,000 faults and 0.2-0.3 s without; 300-800 MB was free at the end.
+    - 4096²: 1.1-1.2 GB was free at tile 224 and 1.8-2.0 GB at tile 512, above the former fixed bound of 1 GiB.
+      Trimmed, every later run faulted 0.4-0.9 GB in again as transparent huge pages (50,000-200,000 faults and
+      2.8-3.6 s of system time per run of about 50 s); kept, 70-4,500 faults and 1.2-1.4 s.
+
+    Where more is free, or the amount cannot be read, or the allocator was not tuned, everything free is handed
+    back (:func:`release_freed_memory`).
     """
     if allocator_state()[0]:
         free = free_heap_bytes()
-        if free is not None and free <= TRIM_THRESHOLD_BYTES:
+        if free is not None and free <= keep_after_run_bytes():
             return
     release_freed_memory()

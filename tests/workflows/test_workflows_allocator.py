@@ -94,16 +94,15 @@ def test_untuned_process_trims_after_every_chunk(monkeypatch: pytest.MonkeyPatch
     assert calls == [1]
 
 
-def test_run_end_keeps_freed_memory_up_to_the_trim_threshold_when_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_end_keeps_freed_memory_up_to_an_eighth_of_memory_when_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(allocator, "memory_limit_bytes", lambda: 24 * 2**30)  # this development machine
     monkeypatch.setitem(allocator._STATE, "tuned", True)
-    for free, trims in (
-        (0, 0),
-        (allocator.TRIM_THRESHOLD_BYTES, 0),
-        (allocator.TRIM_THRESHOLD_BYTES + 1, 1),
-        (None, 1),
-    ):
+    keep = 3 * 2**30
+    assert allocator.keep_after_run_bytes() == keep
+    # 1.8-2.0 GB: what a 4096² run at tile 512 left free here; it used to be trimmed (the bound was 1 GiB).
+    for free, trims in ((0, 0), (2 * 10**9, 0), (keep, 0), (keep + 1, 1), (None, 1)):
         calls.clear()
         monkeypatch.setattr(allocator, "free_heap_bytes", lambda free=free: free)
         allocator.release_after_run()
@@ -113,6 +112,33 @@ def test_run_end_keeps_freed_memory_up_to_the_trim_threshold_when_tuned(monkeypa
     calls.clear()
     allocator.release_after_run()
     assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("limit", "keep"),
+    [(None, allocator.TRIM_THRESHOLD_BYTES), (4 * 2**30, allocator.TRIM_THRESHOLD_BYTES), (64 * 2**30, 8 * 2**30)],
+)
+def test_keep_after_run_is_an_eighth_of_memory_but_at_least_the_trim_threshold(
+    monkeypatch: pytest.MonkeyPatch, limit: int | None, keep: int
+) -> None:
+    monkeypatch.setattr(allocator, "memory_limit_bytes", lambda: limit)
+    assert allocator.keep_after_run_bytes() == keep
+
+
+def test_memory_limit_is_the_lower_of_physical_memory_and_the_cgroup_limit(tmp_path: Path) -> None:
+    physical = allocator.memory_limit_bytes(cgroup_files=())
+    assert physical is not None and physical == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    files = (str(v2), str(v1))
+    assert allocator.memory_limit_bytes(cgroup_files=files) == physical  # neither file: no cgroup limit
+    v1.write_text(f"{2**31}\n")
+    assert allocator.memory_limit_bytes(cgroup_files=files) == min(physical, 2**31)
+    v2.write_text("max\n")  # v2 first: unlimited there
+    assert allocator.memory_limit_bytes(cgroup_files=files) == physical
+    v2.write_text(f"{physical * 4}\n")  # above physical memory (v1's "no limit" is 2^63 rounded to pages)
+    assert allocator.memory_limit_bytes(cgroup_files=files) == physical
+    v2.write_text(f"{3 * 2**30}\n")
+    assert allocator.memory_limit_bytes(cgroup_files=files) == min(physical, 3 * 2**30)
 
 
 @glibc
