@@ -54,7 +54,7 @@ TRIM_THRESHOLD_BYTES = 2**30
 #: A finished run keeps what it freed (for the next run) while that is at most this share of the memory the
 #: process may use (physical memory, or its cgroup's limit), and never less than ``TRIM_THRESHOLD_BYTES``.
 KEEP_AFTER_RUN_SHARE = 1 / 8
-#: Where a cgroup (v2, then v1) states the memory limit of the processes in it (containers, batch jobs).
+#: Where a cgroup (v2, then v1) states the memory limit of the processes in it, as seen from inside a container.
 CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 # mallopt parameter numbers (glibc's malloc.h).
@@ -185,12 +185,26 @@ def release_after_chunk() -> None:
         release_freed_memory()
 
 
-def memory_limit_bytes(cgroup_files: tuple[str, ...] = CGROUP_MEMORY_LIMITS) -> int | None:
+def _cgroup_limit_files(proc_cgroup: str = "/proc/self/cgroup") -> tuple[str, ...]:
+    """This process's own cgroup v2 ``memory.max`` (named in ``proc_cgroup``; a batch job's or a service's slice),
+    then :data:`CGROUP_MEMORY_LIMITS`."""
+    own: tuple[str, ...] = ()
+    try:
+        with open(proc_cgroup) as file:
+            for line in file:
+                if line.startswith("0::/") and line.strip() != "0::/":
+                    own = (f"/sys/fs/cgroup{line.strip()[3:]}/memory.max",)
+    except OSError:
+        pass
+    return own + CGROUP_MEMORY_LIMITS
+
+
+def memory_limit_bytes(cgroup_files: tuple[str, ...] | None = None) -> int | None:
     """The memory this process may use: physical memory, or its cgroup's limit where one is set and lower.
 
     Args:
         cgroup_files: Files that may hold the cgroup's limit in bytes (the first readable one counts; "max" or a
-            value above physical memory means no limit).
+            value above physical memory means no limit); default: :func:`_cgroup_limit_files`.
 
     Returns:
         Bytes, or None where physical memory cannot be read (``os.sysconf`` unsupported).
@@ -199,7 +213,7 @@ def memory_limit_bytes(cgroup_files: tuple[str, ...] = CGROUP_MEMORY_LIMITS) -> 
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
-    for name in cgroup_files:
+    for name in _cgroup_limit_files() if cgroup_files is None else cgroup_files:
         try:
             with open(name) as file:
                 text = file.read().strip()

@@ -141,6 +141,18 @@ def test_memory_limit_is_the_lower_of_physical_memory_and_the_cgroup_limit(tmp_p
     assert allocator.memory_limit_bytes(cgroup_files=files) == min(physical, 3 * 2**30)
 
 
+def test_cgroup_limit_files_start_with_this_processs_own_v2_cgroup(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/slurm-job-7.scope\n")
+    assert allocator._cgroup_limit_files(str(proc)) == (
+        "/sys/fs/cgroup/system.slice/slurm-job-7.scope/memory.max",
+        *allocator.CGROUP_MEMORY_LIMITS,
+    )
+    proc.write_text("12:memory:/\n0::/\n")  # the root cgroup (or v1 only): the container's view
+    assert allocator._cgroup_limit_files(str(proc)) == allocator.CGROUP_MEMORY_LIMITS
+    assert allocator._cgroup_limit_files(str(tmp_path / "absent")) == allocator.CGROUP_MEMORY_LIMITS
+
+
 @glibc
 def test_free_heap_bytes_sees_freed_buffers() -> None:
     if not hasattr(allocator._libc(), "mallinfo2"):
