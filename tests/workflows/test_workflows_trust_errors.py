@@ -157,8 +157,12 @@ def test_a_read_error_under_workers_is_reported_once(tmp_path: Path) -> None:
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path: Path) -> None:
     scene = write_raster(tmp_path / "s.tif", smooth_scene(3, 300, 500, seed=4, dtype=np.uint16))
     out = tmp_path / "o.zarr"
+    # Batches of 8: 9 forward passes of 0.3 s, finishing 2-3 chunks each, so the interrupt comes with most of the
+    # run still to do. (With batches of 64 the run was one full pass: its 24 chunks finished within half a second,
+    # and on a loaded machine the interrupt could arrive after the run had ended.)
     args = ["map", str(scene), "--model", "model_factories:slow_pointwise", "--out", str(out), "--chunk", "96"]
-    proc = _geodino([*args, "--batch-size", "64", "--no-progress"], env={"GEODINO_TEST_SLEEP": "0.3"})
+    args += ["--batch-size", "8", "--no-progress"]
+    proc = _geodino(args, env={"GEODINO_TEST_SLEEP": "0.3"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -174,7 +178,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path: Path) -> None:
     from geodino.workflows.manifest import read_manifest
 
     assert read_manifest(out)["run"]["status"] == "interrupted"
-    resumed = _geodino([*args, "--batch-size", "64", "--no-progress", "--resume"])
+    resumed = _geodino([*args, "--resume"])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     manifest = read_manifest(out)
