@@ -154,15 +154,20 @@ def test_a_read_error_under_workers_is_reported_once(tmp_path: Path) -> None:
     assert err.count("error:") == 1 and "bad.tif: reading rows" in err and "ZIPDecode" in err
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path: Path) -> None:
     scene = write_raster(tmp_path / "s.tif", smooth_scene(3, 300, 500, seed=4, dtype=np.uint16))
     out = tmp_path / "o.zarr"
     # Batches of 8: 9 forward passes of 0.3 s, finishing 2-3 chunks each, so the interrupt comes with most of the
-    # run still to do. (With batches of 64 the run was one full pass: its 24 chunks finished within half a second,
-    # and on a loaded machine the interrupt could arrive after the run had ended.)
+    # run still to do (with batches of 64, all 24 chunks finished within half a second).
     args = ["map", str(scene), "--model", "model_factories:slow_pointwise", "--out", str(out), "--chunk", "96"]
     args += ["--batch-size", "8", "--no-progress"]
-    proc = _geodino(args, env={"GEODINO_TEST_SLEEP": "0.3"})
+    # The child gets SIGINT's default action, as a command typed in a terminal does, whatever this process inherited:
+    # a suite started in the background by a non-interactive shell has SIGINT ignored, and its children with it.
+    proc = _geodino(args, env={"GEODINO_TEST_SLEEP": "0.3"}, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
