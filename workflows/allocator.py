@@ -237,7 +237,7 @@ def release_after_run() -> None:
     after another) reuse it instead of faulting it in and zeroing it again. A run's free memory at its end is about
     its pipeline's peak (chunks in flight, accumulators, reads opened ahead), which grows with the chunk and the
     thread count, not with the raster. Measured on the 2-core development machine (24 GiB) with a ViT-S/16, run
-    after run in one process:
+    after run in one process (``benchmarks/mapping_repeat.py``; ``--keep-mib 1024`` for the former bound):
 
     - 2048² at tile 224: 37,000-78,000 minor page faults and 0.8-1.3 s of system time per run with a trim at each
       run's end, against 70-16,000 faults and 0.2-0.3 s without; 300-800 MB was free at the end.
