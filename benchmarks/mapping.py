@@ -35,6 +35,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,53 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _thread_times() -> dict[int, tuple[float, float]]:
+    """Per live thread of this process, by native id: (seconds on a core, seconds runnable but waiting for one).
+
+    From ``/proc/self/task/*/schedstat`` (nanoseconds); empty where the kernel does not provide it.
+    """
+    out: dict[int, tuple[float, float]] = {}
+    tasks = Path("/proc/self/task")
+    for tid in os.listdir(tasks) if tasks.is_dir() else []:
+        try:
+            on_core, waiting = (tasks / tid / "schedstat").read_text().split()[:2]
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(on_core) / 1e9, int(waiting) / 1e9)
+    return out
+
+
+def _since(
+    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
+) -> dict[int, tuple[float, float]]:
+    """Per thread, (on core, waiting for a core) seconds between two :func:`_thread_times` snapshots."""
+    zero = (0.0, 0.0)
+    return {tid: (on - before.get(tid, zero)[0], wait - before.get(tid, zero)[1]) for tid, (on, wait) in after.items()}
+
+
+def _team_loss(used: dict[int, tuple[float, float]], team: set[int], caller: int, wall: float) -> dict[str, float]:
+    """Figures of one mapping that a busy host does not skew (each is a share within the same seconds).
+
+    ``pipeline``: on-core time of the threads outside the model's team over the team's. ``off_core``: share of the
+    wall time in which the calling thread (it runs the forward passes) was not on a core: waiting for a batch, or
+    preempted. ``loss``: an estimate of end-to-end / bare forward - 1: the calling thread's time off its core plus
+    the time its OpenMP workers waited for a core (the calling thread spins at the next barrier meanwhile), over
+    the remaining time, taken as the forward passes' own. It leaves out slower kernels from shared caches.
+    """
+    if caller not in used or wall <= 0:
+        return {"pipeline": math.nan, "off_core": math.nan, "loss": math.nan}
+    in_team = sum(used[t][0] for t in team if t in used)
+    others = sum(on for t, (on, _) in used.items() if t not in team)
+    off = max(0.0, wall - used[caller][0])
+    workers_waited = sum(used[t][1] for t in team if t in used and t != caller)
+    lost = off + workers_waited
+    return {
+        "pipeline": others / in_team if in_team else math.nan,
+        "off_core": off / wall,
+        "loss": lost / (wall - lost) if wall > lost else math.nan,
+    }
+
+
 def _bare_forward(model: nn.Module, x: torch.Tensor, batches: int) -> tuple[float, float]:
     """Wall and CPU seconds of ``batches`` forward passes of ``x``."""
     with torch.inference_mode():
@@ -207,6 +255,13 @@ def bench_overhead(
     (the machine may be shared), the median of the per-round ratios (each mapping against the mean of the bare
     runs either side of it), CPU-time ratios, and per mapping the rows the model ran (padding included) and the
     patches among them.
+
+    Also reported, per mapping, figures that a busy host cannot skew (on the 2-core development VM the same
+    forward passes took from 0.87x to 1.32x their median time from one 5-s stretch to the next, CPU time alike):
+    the on-core time of every thread outside the model's team (the pipeline: reads, blending, compression,
+    writes) as a share of the team's, the share of the run in which the calling thread was off its core, and from
+    these an estimate of the ratio (:func:`_team_loss`). The team is the threads that ran the warm-up forward
+    pass (the calling thread and its OpenMP workers).
     """
     from geodino.raster.plan import plan_chunks
     from geodino.raster.source import RasterSource
@@ -222,13 +277,20 @@ def bench_overhead(
     model = predictor.model()
     queue = batch_queue(predictor)
     x = torch.randn(batch_size, 3, grid.patch, grid.patch)
+    threads = _thread_times()
     _bare_forward(model, x, 1)  # warm-up
+    on_core = {tid: on for tid, (on, _) in _since(threads, _thread_times()).items()}
+    team = {tid for tid, on in on_core.items() if on > 0.3 * max(on_core.values(), default=0.0)}
+    caller = threading.get_native_id()
     bares, maps, runs, rows, real = [_bare_forward(model, x, batches)], [], [], [], []
+    losses = []
     for _ in range(repeats):
         before, rows_before = queue.batches, queue.rows
+        threads = _thread_times()
         wall, cpu = time.perf_counter(), _cpu_seconds()
         map_raster(raster, predictor, work / "a.zarr", tile=tile, overlap=overlap, overwrite=True, progress=False)
         maps.append((time.perf_counter() - wall, _cpu_seconds() - cpu))
+        losses.append(_team_loss(_since(threads, _thread_times()), team, caller, maps[-1][0]))
         runs.append(queue.batches - before)
         rows.append(runs[-1] * batch_size)
         real.append(queue.rows - rows_before)
@@ -249,6 +311,10 @@ def bench_overhead(
         "ratio_same_patches": min(maps)[0] / min(bares)[0],
         "median_round_ratio": float(np.median(rounds)),
         "cpu_ratio_same_patches": min(m[1] for m in maps) / min(b[1] for b in bares),
+        "round_ratios": [round(r, 3) for r in rounds],
+        "pipeline_cpu_share": [round(loss["pipeline"], 3) for loss in losses],
+        "caller_off_core": [round(loss["off_core"], 3) for loss in losses],
+        "estimated_ratio": [round(1 + loss["loss"], 3) for loss in losses],
     }
 
 
@@ -264,7 +330,9 @@ def format_overhead(
         f"(target <= {target:.2f}), median per-round ratio {res['median_round_ratio']:.3f}, CPU-time ratio "
         f"{res['cpu_ratio_same_patches']:.3f}; rows sent per mapping {res['rows']} for {res['patches']} patches "
         f"(patches run {res['real_rows']}; at most {padded_max}), forward passes {res['mapping_batches']} "
-        f"(minimum {res['min_batches']})"
+        f"(minimum {res['min_batches']}); per-round ratios {res['round_ratios']}; pipeline threads' CPU / model "
+        f"team's {res['pipeline_cpu_share']}; calling thread off its core {res['caller_off_core']} of the run; "
+        f"ratio estimated from the team's scheduler times {res['estimated_ratio']}"
     )
 
 
