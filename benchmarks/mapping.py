@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import rasterio
@@ -178,37 +178,49 @@ def peak_rss_mb() -> float:
 # (a) overhead over the bare model.
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     """User + system CPU time of this process (all threads) so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def _thread_times() -> dict[int, tuple[float, float]]:
-    """Per live thread of this process, by native id: (seconds on a core, seconds runnable but waiting for one).
+class ThreadStat(NamedTuple):
+    """One thread's counters (cumulative, or between two snapshots with :func:`thread_delta`)."""
 
-    From ``/proc/self/task/*/schedstat`` (nanoseconds); empty where the kernel does not provide it.
-    """
-    out: dict[int, tuple[float, float]] = {}
+    name: str
+    on_core: float  # seconds on a core (its CPU time)
+    waiting: float  # seconds runnable but waiting for a core
+    faults: int  # minor page faults
+
+
+def thread_stats() -> dict[int, ThreadStat]:
+    """Every live thread of this process by native id, from ``/proc/self/task`` (empty where there is none)."""
     tasks = Path("/proc/self/task")
+    out: dict[int, ThreadStat] = {}
     for tid in os.listdir(tasks) if tasks.is_dir() else []:
         try:
-            on_core, waiting = (tasks / tid / "schedstat").read_text().split()[:2]
+            on_core, waiting = (tasks / tid / "schedstat").read_text().split()[:2]  # nanoseconds
+            stat = (tasks / tid / "stat").read_text()
+            name = (tasks / tid / "comm").read_text().strip()
         except (OSError, ValueError):  # the thread ended meanwhile
             continue
-        out[int(tid)] = (int(on_core) / 1e9, int(waiting) / 1e9)
+        minflt = int(stat[stat.rindex(")") + 2 :].split()[7])
+        out[int(tid)] = ThreadStat(name, int(on_core) / 1e9, int(waiting) / 1e9, minflt)
     return out
 
 
-def _since(
-    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
-) -> dict[int, tuple[float, float]]:
-    """Per thread, (on core, waiting for a core) seconds between two :func:`_thread_times` snapshots."""
-    zero = (0.0, 0.0)
-    return {tid: (on - before.get(tid, zero)[0], wait - before.get(tid, zero)[1]) for tid, (on, wait) in after.items()}
+def thread_delta(before: dict[int, ThreadStat], after: dict[int, ThreadStat]) -> dict[int, ThreadStat]:
+    """Per thread alive in ``after``, its counters since ``before`` (threads started since count from zero)."""
+    out = {}
+    for tid, now in after.items():
+        then = before.get(tid, ThreadStat(now.name, 0.0, 0.0, 0))
+        out[tid] = ThreadStat(
+            now.name, now.on_core - then.on_core, now.waiting - then.waiting, now.faults - then.faults
+        )
+    return out
 
 
-def _team_loss(used: dict[int, tuple[float, float]], team: set[int], caller: int, wall: float) -> dict[str, float]:
+def _team_loss(used: dict[int, ThreadStat], team: set[int], caller: int, wall: float) -> dict[str, float]:
     """Figures of one mapping that a busy host does not skew (each is a share within the same seconds).
 
     ``pipeline``: on-core time of the threads outside the model's team over the team's. ``off_core``: share of the
@@ -219,10 +231,10 @@ def _team_loss(used: dict[int, tuple[float, float]], team: set[int], caller: int
     """
     if caller not in used or wall <= 0:
         return {"pipeline": math.nan, "off_core": math.nan, "loss": math.nan}
-    in_team = sum(used[t][0] for t in team if t in used)
-    others = sum(on for t, (on, _) in used.items() if t not in team)
-    off = max(0.0, wall - used[caller][0])
-    workers_waited = sum(used[t][1] for t in team if t in used and t != caller)
+    in_team = sum(used[t].on_core for t in team if t in used)
+    others = sum(stat.on_core for t, stat in used.items() if t not in team)
+    off = max(0.0, wall - used[caller].on_core)
+    workers_waited = sum(used[t].waiting for t in team if t in used and t != caller)
     lost = off + workers_waited
     return {
         "pipeline": others / in_team if in_team else math.nan,
@@ -234,10 +246,10 @@ def _team_loss(used: dict[int, tuple[float, float]], team: set[int], caller: int
 def _bare_forward(model: nn.Module, x: torch.Tensor, batches: int) -> tuple[float, float]:
     """Wall and CPU seconds of ``batches`` forward passes of ``x``."""
     with torch.inference_mode():
-        wall, cpu = time.perf_counter(), _cpu_seconds()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         for _ in range(batches):
             model(x)
-        return time.perf_counter() - wall, _cpu_seconds() - cpu
+        return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def bench_overhead(
@@ -257,7 +269,7 @@ def bench_overhead(
     patches among them.
 
     Also reported, per mapping, figures that a busy host cannot skew (on the 2-core development VM the same
-    forward passes took from 0.87x to 1.32x their median time from one 5-s stretch to the next, CPU time alike):
+    forward passes took from 0.81x to 1.23x their median time from one 5-s stretch to the next, CPU time alike):
     the on-core time of every thread outside the model's team (the pipeline: reads, blending, compression,
     writes) as a share of the team's, the share of the run in which the calling thread was off its core, and from
     these an estimate of the ratio (:func:`_team_loss`). The team is the threads that ran the warm-up forward
@@ -277,20 +289,20 @@ def bench_overhead(
     model = predictor.model()
     queue = batch_queue(predictor)
     x = torch.randn(batch_size, 3, grid.patch, grid.patch)
-    threads = _thread_times()
+    threads = thread_stats()
     _bare_forward(model, x, 1)  # warm-up
-    on_core = {tid: on for tid, (on, _) in _since(threads, _thread_times()).items()}
+    on_core = {tid: stat.on_core for tid, stat in thread_delta(threads, thread_stats()).items()}
     team = {tid for tid, on in on_core.items() if on > 0.3 * max(on_core.values(), default=0.0)}
     caller = threading.get_native_id()
     bares, maps, runs, rows, real = [_bare_forward(model, x, batches)], [], [], [], []
     losses = []
     for _ in range(repeats):
         before, rows_before = queue.batches, queue.rows
-        threads = _thread_times()
-        wall, cpu = time.perf_counter(), _cpu_seconds()
+        threads = thread_stats()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         map_raster(raster, predictor, work / "a.zarr", tile=tile, overlap=overlap, overwrite=True, progress=False)
-        maps.append((time.perf_counter() - wall, _cpu_seconds() - cpu))
-        losses.append(_team_loss(_since(threads, _thread_times()), team, caller, maps[-1][0]))
+        maps.append((time.perf_counter() - wall, cpu_seconds() - cpu))
+        losses.append(_team_loss(thread_delta(threads, thread_stats()), team, caller, maps[-1][0]))
         runs.append(queue.batches - before)
         rows.append(runs[-1] * batch_size)
         real.append(queue.rows - rows_before)

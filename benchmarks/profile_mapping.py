@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
-import resource
 import sys
 import tempfile
 import threading
@@ -39,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mapping import make_raster, vit_linear_predictor  # benchmarks/mapping.py
+from mapping import ThreadStat, cpu_seconds, make_raster, thread_delta, thread_stats, vit_linear_predictor
 
 _CPU: dict[str, float] = defaultdict(float)
 _WALL: dict[str, float] = defaultdict(float)
@@ -49,26 +47,6 @@ _TORCH_THREADS: set[int] = set()
 _THREADS_IN_FORWARD: list[int] = []
 _PAIRS: list[tuple[float, float]] = []
 _LOCK = threading.Lock()
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _task_cpu() -> dict[int, tuple[str, float, int]]:
-    """CPU seconds (user + system) and minor page faults of every thread of this process, with its name."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, tuple[str, float, int]] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-            name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick, int(fields[7]))
-    return out
 
 
 def _timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,26 +122,15 @@ def instrument(paired: tuple[torch.nn.Module, torch.Tensor] | None = None) -> No
     predictor.Predictor._forward = paired_forward  # type: ignore[method-assign]
 
 
-Threads = dict[int, tuple[str, float, int]]
-
-
-def bare(model: torch.nn.Module, x: torch.Tensor, batches: int) -> tuple[float, float, Threads]:
+def bare(model: torch.nn.Module, x: torch.Tensor, batches: int) -> tuple[float, float, dict[int, ThreadStat]]:
     """Wall and CPU seconds of ``batches`` forwards, and per-thread CPU."""
     with torch.inference_mode():
-        before = _task_cpu()
-        wall, cpu = time.perf_counter(), _cpu_seconds()
+        before = thread_stats()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         for _ in range(batches):
             model(x)
-        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-    return wall, cpu, _delta(before, _task_cpu())
-
-
-def _delta(before: Threads, after: Threads) -> Threads:
-    out = {}
-    for tid, (name, cpu, faults) in after.items():
-        _, cpu0, faults0 = before.get(tid, (name, 0.0, 0))
-        out[tid] = (name, cpu - cpu0, faults - faults0)
-    return out
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    return wall, cpu, thread_delta(before, thread_stats())
 
 
 def main() -> None:
@@ -214,8 +181,8 @@ def main() -> None:
             import cProfile
 
             profiler = cProfile.Profile()
-        before = _task_cpu()
-        wall, cpu = time.perf_counter(), _cpu_seconds()
+        before = thread_stats()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         if profiler:
             profiler.enable()
         mapping.map_raster(
@@ -231,8 +198,8 @@ def main() -> None:
         if profiler:
             profiler.disable()
             profiler.dump_stats(str(args.cprofile))
-        wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
-        m_threads = _delta(before, _task_cpu())
+        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+        m_threads = thread_delta(before, thread_stats())
         b2_wall, b2_cpu, _ = bare(model, x, batches)
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(
@@ -250,11 +217,14 @@ def main() -> None:
             f"threads {len(_SEEN[name])}"
         )
     print("threads, CPU and minor page faults during the mapping (vs the first bare forward):")
-    for tid, (name, spent, faults) in sorted(m_threads.items(), key=lambda t: -t[1][1]):
-        _, b_spent, b_faults = b_threads.get(tid, ("", 0.0, 0))
-        if spent > 0.005 or b_spent > 0.005:
-            print(f"  {tid:8d} {name:16s} {spent:7.2f} s {faults:8d} faults   (bare {b_spent:.2f} s {b_faults} faults)")
-    total = sum(t[2] for t in m_threads.values()), sum(t[2] for t in b_threads.values())
+    for tid, stat in sorted(m_threads.items(), key=lambda t: -t[1].on_core):
+        b_stat = b_threads.get(tid, ThreadStat("", 0.0, 0.0, 0))
+        if stat.on_core > 0.005 or b_stat.on_core > 0.005:
+            print(
+                f"  {tid:8d} {stat.name:16s} {stat.on_core:7.2f} s {stat.faults:8d} faults   "
+                f"(bare {b_stat.on_core:.2f} s {b_stat.faults} faults)"
+            )
+    total = sum(t.faults for t in m_threads.values()), sum(t.faults for t in b_threads.values())
     print(f"minor page faults: mapping {total[0]}, bare forward {total[1]}")
     print(
         f"threads alive during forwards: {sorted(set(_THREADS_IN_FORWARD))}; torch.get_num_threads() in the "
