@@ -225,9 +225,11 @@ def _team_loss(used: dict[int, ThreadStat], team: set[int], caller: int, wall: f
 
     ``pipeline``: on-core time of the threads outside the model's team over the team's. ``off_core``: share of the
     wall time in which the calling thread (it runs the forward passes) was not on a core: waiting for a batch, or
-    preempted. ``loss``: an estimate of end-to-end / bare forward - 1: the calling thread's time off its core plus
-    the time its OpenMP workers waited for a core (the calling thread spins at the next barrier meanwhile), over
-    the remaining time, taken as the forward passes' own. It leaves out slower kernels from shared caches.
+    preempted. ``loss``: the calling thread's time off its core plus the time its OpenMP workers waited for a core
+    (the calling thread spins at the next barrier meanwhile), over the remaining time. Bare forward passes have a
+    loss of their own (the calling thread also sleeps at barriers where a worker is slower: 0.8-4% of their time
+    on the development VM), so the ratio is estimated as ``(1 + loss of the mapping) / (1 + loss of the bare
+    passes)`` (:func:`bench_overhead`). It leaves out slower kernels from shared caches.
     """
     if caller not in used or wall <= 0:
         return {"pipeline": math.nan, "off_core": math.nan, "loss": math.nan}
@@ -252,6 +254,15 @@ def _bare_forward(model: nn.Module, x: torch.Tensor, batches: int) -> tuple[floa
         return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
+def _bare_run(
+    model: nn.Module, x: torch.Tensor, batches: int, team: set[int], caller: int
+) -> tuple[float, float, float]:
+    """Wall and CPU seconds of ``batches`` forward passes of ``x``, and their ``loss`` (:func:`_team_loss`)."""
+    threads = thread_stats()
+    wall, cpu = _bare_forward(model, x, batches)
+    return wall, cpu, _team_loss(thread_delta(threads, thread_stats()), team, caller, wall)["loss"]
+
+
 def bench_overhead(
     raster: Path,
     work: Path,
@@ -272,8 +283,9 @@ def bench_overhead(
     forward passes took from 0.81x to 1.23x their median time from one 5-s stretch to the next, CPU time alike):
     the on-core time of every thread outside the model's team (the pipeline: reads, blending, compression,
     writes) as a share of the team's, the share of the run in which the calling thread was off its core, and from
-    these an estimate of the ratio (:func:`_team_loss`). The team is the threads that ran the warm-up forward
-    pass (the calling thread and its OpenMP workers).
+    these an estimate of the ratio: the mapping's loss (:func:`_team_loss`) against the mean loss of the bare runs
+    either side of it, which are measured the same way. The team is the threads that ran the warm-up forward pass
+    (the calling thread and its OpenMP workers).
     """
     from geodino.raster.plan import plan_chunks
     from geodino.raster.source import RasterSource
@@ -294,7 +306,7 @@ def bench_overhead(
     on_core = {tid: stat.on_core for tid, stat in thread_delta(threads, thread_stats()).items()}
     team = {tid for tid, on in on_core.items() if on > 0.3 * max(on_core.values(), default=0.0)}
     caller = threading.get_native_id()
-    bares, maps, runs, rows, real = [_bare_forward(model, x, batches)], [], [], [], []
+    bares, maps, runs, rows, real = [_bare_run(model, x, batches, team, caller)], [], [], [], []
     losses = []
     for _ in range(repeats):
         before, rows_before = queue.batches, queue.rows
@@ -306,8 +318,12 @@ def bench_overhead(
         runs.append(queue.batches - before)
         rows.append(runs[-1] * batch_size)
         real.append(queue.rows - rows_before)
-        bares.append(_bare_forward(model, x, batches))
+        bares.append(_bare_run(model, x, batches, team, caller))
     rounds = [m[0] / ((b0[0] + b1[0]) / 2) for m, b0, b1 in zip(maps, bares, bares[1:], strict=False)]
+    # Each mapping's loss against the bare passes' either side of it: the part they share is not the pipeline's.
+    estimates = [
+        (1 + loss["loss"]) / (1 + (b0[2] + b1[2]) / 2) for loss, b0, b1 in zip(losses, bares, bares[1:], strict=False)
+    ]
     return {
         "tile": grid.patch,
         "overlap": grid.patch - grid.stride,
@@ -326,7 +342,8 @@ def bench_overhead(
         "round_ratios": [round(r, 3) for r in rounds],
         "pipeline_cpu_share": [round(loss["pipeline"], 3) for loss in losses],
         "caller_off_core": [round(loss["off_core"], 3) for loss in losses],
-        "estimated_ratio": [round(1 + loss["loss"], 3) for loss in losses],
+        "estimated_ratio": [round(e, 3) for e in estimates],
+        "bare_loss": [round(b[2], 3) for b in bares],
     }
 
 
@@ -344,7 +361,8 @@ def format_overhead(
         f"(patches run {res['real_rows']}; at most {padded_max}), forward passes {res['mapping_batches']} "
         f"(minimum {res['min_batches']}); per-round ratios {res['round_ratios']}; pipeline threads' CPU / model "
         f"team's {res['pipeline_cpu_share']}; calling thread off its core {res['caller_off_core']} of the run; "
-        f"ratio estimated from the team's scheduler times {res['estimated_ratio']}"
+        f"ratio estimated from the team's scheduler times {res['estimated_ratio']} (the bare runs' own loss "
+        f"{res['bare_loss']})"
     )
 
 
