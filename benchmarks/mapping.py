@@ -254,13 +254,19 @@ def _bare_forward(model: nn.Module, x: torch.Tensor, batches: int) -> tuple[floa
         return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
+def bare_forward_threads(model: nn.Module, x: torch.Tensor, batches: int) -> tuple[float, float, dict[int, ThreadStat]]:
+    """Wall and CPU seconds of ``batches`` forward passes of ``x``, and every thread's counters over them."""
+    before = thread_stats()
+    wall, cpu = _bare_forward(model, x, batches)
+    return wall, cpu, thread_delta(before, thread_stats())
+
+
 def _bare_run(
     model: nn.Module, x: torch.Tensor, batches: int, team: set[int], caller: int
 ) -> tuple[float, float, float]:
     """Wall and CPU seconds of ``batches`` forward passes of ``x``, and their ``loss`` (:func:`_team_loss`)."""
-    threads = thread_stats()
-    wall, cpu = _bare_forward(model, x, batches)
-    return wall, cpu, _team_loss(thread_delta(threads, thread_stats()), team, caller, wall)["loss"]
+    wall, cpu, used = bare_forward_threads(model, x, batches)
+    return wall, cpu, _team_loss(used, team, caller, wall)["loss"]
 
 
 def bench_overhead(

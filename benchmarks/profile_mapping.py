@@ -37,7 +37,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mapping import ThreadStat, cpu_seconds, make_raster, thread_delta, thread_stats, vit_linear_predictor
+from mapping import (
+    ThreadStat,
+    bare_forward_threads,
+    cpu_seconds,
+    make_raster,
+    thread_delta,
+    thread_stats,
+    vit_linear_predictor,
+)
 
 _CPU: dict[str, float] = defaultdict(float)
 _WALL: dict[str, float] = defaultdict(float)
@@ -122,17 +130,6 @@ def instrument(paired: tuple[torch.nn.Module, torch.Tensor] | None = None) -> No
     predictor.Predictor._forward = paired_forward  # type: ignore[method-assign]
 
 
-def bare(model: torch.nn.Module, x: torch.Tensor, batches: int) -> tuple[float, float, dict[int, ThreadStat]]:
-    """Wall and CPU seconds of ``batches`` forwards, and per-thread CPU."""
-    with torch.inference_mode():
-        before = thread_stats()
-        wall, cpu = time.perf_counter(), cpu_seconds()
-        for _ in range(batches):
-            model(x)
-        wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    return wall, cpu, thread_delta(before, thread_stats())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2048)
@@ -169,10 +166,10 @@ def main() -> None:
         grid = _plan_grid(RasterSource(raster), predictor, args.tile, args.overlap)
         batches = math.ceil(grid.num_patches / args.batch_size)
         x = torch.randn(args.batch_size, 3, grid.patch, grid.patch)
-        bare(model, x, 1)  # warm-up
+        bare_forward_threads(model, x, 1)  # warm-up
         # A warm-up mapping too (imports, Dask's thread pool, zarr codecs), uninstrumented.
         map_raster(raster, predictor, work / "w.zarr", tile=args.tile, overlap=args.overlap, progress=False)
-        b_wall, b_cpu, b_threads = bare(model, x, batches)
+        b_wall, b_cpu, b_threads = bare_forward_threads(model, x, batches)
         instrument((model, x) if args.paired else None)
         from geodino.workflows import mapping
 
@@ -200,7 +197,7 @@ def main() -> None:
             profiler.dump_stats(str(args.cprofile))
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         m_threads = thread_delta(before, thread_stats())
-        b2_wall, b2_cpu, _ = bare(model, x, batches)
+        b2_wall, b2_cpu, _ = bare_forward_threads(model, x, batches)
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(
         f"{args.size}^2 tile {grid.patch} overlap {grid.patch - grid.stride}: {grid.num_patches} patches, "
